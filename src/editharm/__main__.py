@@ -20,6 +20,7 @@ def edit(argv: list[str]) -> str:
     from editharm import config, data, models, registry, tracking
     from editharm.evaluators import EditEvaluator, PerplexityEvaluator
 
+    _quiet_lightning()
     tree = config.compose(argv)
     cfg = config.to_object(tree)
     root = data.data_dir(cfg.data_dir)
@@ -45,7 +46,7 @@ def edit(argv: list[str]) -> str:
         trainer = L.Trainer(accelerator=cfg.device, devices=1, logger=logger, max_epochs=1,
                             val_check_interval=every // e.batch_size, num_sanity_val_steps=0,
                             enable_checkpointing=False, enable_model_summary=False, inference_mode=False,
-                            use_distributed_sampler=False)
+                            use_distributed_sampler=False, log_every_n_steps=1)
         trainer.validate(module, datamodule=dm, verbose=False)
         trainer.fit(module, datamodule=dm)
         if e.n % every:
@@ -54,6 +55,14 @@ def edit(argv: list[str]) -> str:
         if cfg.tracking.log_checkpoint:
             tracking.log_checkpoint(logger, module.model, tok)
         return logger.run_id
+
+
+def _quiet_lightning() -> None:
+    """Silence Lightning's advice that does not apply to edit runs (no optimizer, eval-mode modules by
+    design, requests kept on the host)."""
+    for message in ("`LightningModule.configure_optimizers` returned `None`", "Found .* module\\(s\\) in eval mode",
+                    "You have overridden `transfer_batch_to_device`", ".*treespec, LeafSpec"):
+        warnings.filterwarnings("ignore", message=message)
 
 
 def _metric_name(text: str) -> str:

@@ -126,7 +126,7 @@ class PerplexityEvaluator(Evaluator):
 
     def __init__(self, tok, text: str, n_tokens: int, chunk_tokens: int, batch_size: int = 8):
         super().__init__()
-        ids = tok(text, add_special_tokens=False)["input_ids"][:n_tokens]
+        ids = tok(text, add_special_tokens=False, verbose=False)["input_ids"][:n_tokens]
         n_chunks = len(ids) // chunk_tokens
         if n_chunks == 0:
             raise ValueError(f"probe text has {len(ids)} tokens, fewer than one chunk of {chunk_tokens}")
