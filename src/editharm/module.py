@@ -9,6 +9,7 @@ optimization), so MLflow plots every curve against the number of edits, the pape
 """
 from __future__ import annotations
 
+import copy
 import time
 
 import lightning as L
@@ -44,6 +45,7 @@ class EditModule(L.LightningModule):
         self._pending: D.Deltas = {}
         self._last_batch = range(0)
         self._eval_t0 = 0.0
+        self._copies: dict[torch.dtype, nn.Module] = {}  # not submodules: never saved, never moved
 
     def compute_deltas(self, requests: list[EditRequest]) -> D.Deltas:
         """The weight changes that make `requests` hold. Must leave the model as it found it."""
@@ -98,8 +100,20 @@ class EditModule(L.LightningModule):
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.evaluators[dataloader_idx].update(self, batch)
 
+    def scoring_model(self, dtype: torch.dtype) -> nn.Module:
+        """The model in `dtype`: itself, or a copy holding the current weights (refreshed every evaluation)."""
+        if dtype == self.model.dtype:
+            return self.model
+        if dtype not in self._copies:
+            self._copies[dtype] = copy.deepcopy(self.model).to(dtype).eval()
+        return self._copies[dtype]
+
+    @torch.no_grad()
     def on_validation_epoch_start(self) -> None:
         self._eval_t0 = time.perf_counter()
+        for twin in self._copies.values():
+            for mine, theirs in zip(twin.parameters(), self.model.parameters()):
+                mine.copy_(theirs)
 
     def on_validation_epoch_end(self) -> None:
         step = self.n_edits

@@ -1,9 +1,18 @@
-"""The one registry: names to edit methods (and, later, guards, parsers and metrics)."""
+"""The one registry: names to edit methods, task parsers, task metrics and document processors.
+
+Each table is filled by a decorator where the thing is defined; lookups import the defining packages
+first, so a name is valid exactly when a module registers it.
+"""
 from __future__ import annotations
 
 from typing import Callable
 
+from editharm.errors import ConfigError
+
 METHODS: dict[str, type] = {}
+PARSERS: dict[str, Callable] = {}
+METRICS: dict[str, type] = {}
+PROCESSORS: dict[str, Callable] = {}
 
 
 def register_method(name: str, config: type) -> Callable[[type], type]:
@@ -18,14 +27,45 @@ def register_method(name: str, config: type) -> Callable[[type], type]:
     return wrap
 
 
-def method(name: str) -> type:
-    """The method class registered as `name`; imports the built-in methods on first use."""
-    import editharm.methods  # noqa: F401  (registers the built-in methods)
+def _register(table: dict, name: str) -> Callable:
+    def wrap(obj):
+        table[name] = obj
+        return obj
 
-    return METHODS[name]
+    return wrap
+
+
+def register_parser(name: str) -> Callable:
+    """A parser maps a model output (str, or an earlier parser's result) to a value, or None if invalid."""
+    return _register(PARSERS, name)
+
+
+def register_metric(name: str) -> Callable:
+    return _register(METRICS, name)
+
+
+def register_processor(name: str) -> Callable:
+    """A document processor (`doc -> doc`) or expander (`doc -> list of docs`)."""
+    return _register(PROCESSORS, name)
+
+
+def _load_builtins() -> None:
+    import editharm.methods  # noqa: F401
+    import editharm.tasks  # noqa: F401
+
+
+def method(name: str) -> type:
+    return lookup(METHODS, name, "method")
 
 
 def method_names() -> list[str]:
-    import editharm.methods  # noqa: F401
-
+    _load_builtins()
     return sorted(METHODS)
+
+
+def lookup(table: dict, name: str, kind: str):
+    """`table[name]`, or a `ConfigError` listing the registered names."""
+    _load_builtins()
+    if name not in table:
+        raise ConfigError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(table))}")
+    return table[name]

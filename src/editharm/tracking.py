@@ -157,6 +157,19 @@ def download_checkpoint(run_id: str, out: Path, uri: str | None = None) -> Path:
     return out
 
 
+def resolve_checkpoint(spec: str, cache: Path) -> Path:
+    """A local checkpoint directory for `spec`: a directory as is, or `runs:/<run_id>` downloaded once
+    into `<cache>/checkpoints/<run_id>`."""
+    if spec.startswith("runs:/"):
+        run_id = spec[len("runs:/"):].strip("/").split("/")[0]
+        out = cache / "checkpoints" / run_id
+        return out if (out / "config.json").exists() else download_checkpoint(run_id, out)
+    path = Path(spec).expanduser()
+    if not (path / "config.json").is_file():
+        raise EditharmError(f"checkpoint={spec!r} is neither runs:/<run_id> nor a directory with config.json")
+    return path
+
+
 def _log_text(logger: RunLogger, artifact: str, text: str) -> None:
     folder, _, name = artifact.rpartition("/")
     with tempfile.TemporaryDirectory() as tmp:

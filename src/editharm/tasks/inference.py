@@ -1,0 +1,111 @@
+"""Batched greedy generation and batched log-likelihood of choices.
+
+- `generate`: length-sorted batches, left padding, KV cache, stop strings checked per sequence.
+- `choice_logliks`: each context is encoded once (left-padded batch, explicit position ids so absolute
+  position embeddings are right too); its KV cache is then shared by all of its choices, whose tokens
+  are scored in one more forward pass. Single-token choices need no second pass at all.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+
+class StopOnStrings(StoppingCriteria):
+    """Marks a sequence done once its generated text contains one of `stops`."""
+
+    def __init__(self, tok, stops: list[str], prompt_width: int):
+        self.tok, self.stops, self.width = tok, stops, prompt_width
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        texts = self.tok.batch_decode(input_ids[:, self.width:], skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
+
+
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    cut = min((text.find(s) for s in stops if s in text), default=len(text))
+    return text[:cut]
+
+
+def _left_pad(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s)
+        mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _pad_id(tok) -> int:
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
+@torch.no_grad()
+def generate(model: nn.Module, tok, prompts: list[str], max_new_tokens: int, stop: list[str] | None = None,
+             batch_size: int = 16) -> list[str]:
+    """Greedy continuations of `prompts` (special tokens dropped, cut before the first stop string)."""
+    stop = list(stop or [])
+    device = next(model.parameters()).device
+    encoded = [tok(p)["input_ids"] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                              pad_token_id=_pad_id(tok), eos_token_id=tok.eos_token_id)
+    out: list[str] = [""] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        ids, mask = _left_pad([encoded[i] for i in chunk], _pad_id(tok), device)
+        criteria = StoppingCriteriaList([StopOnStrings(tok, stop, ids.shape[1])]) if stop else None
+        gen = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                             stopping_criteria=criteria)
+        texts = tok.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
+        for i, text in zip(chunk, texts):
+            out[i] = cut_at_stop(text, stop)
+    return out
+
+
+@torch.no_grad()
+def choice_logliks(model: nn.Module, tok, contexts: list[str], choices: list[list[str]],
+                   batch_size: int = 16) -> list[list[float]]:
+    """Sum of log P(choice tokens | context) for every choice of every context (choices carry their own
+    leading delimiter, e.g. " True")."""
+    device = next(model.parameters()).device
+    ctx = [tok(c)["input_ids"] for c in contexts]
+    cont = [[tok(c, add_special_tokens=False)["input_ids"] for c in cs] for cs in choices]
+    order = sorted(range(len(contexts)), key=lambda i: -len(ctx[i]))
+    out: list[list[float]] = [[] for _ in contexts]
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        for i, scores in zip(chunk, _score_chunk(model, tok, [ctx[i] for i in chunk], [cont[i] for i in chunk], device)):
+            out[i] = scores
+    return out
+
+
+def _score_chunk(model, tok, ctx: list[list[int]], cont: list[list[list[int]]], device) -> list[list[float]]:
+    ids, mask = _left_pad(ctx, _pad_id(tok), device)
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    first = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    last = first.logits[:, -1].float().log_softmax(-1)  # predicts every choice's first token
+    owner = [d for d, cs in enumerate(cont) for _ in cs]
+    flat = [c for cs in cont for c in cs]
+    scores = [float(last[d, c[0]]) for d, c in zip(owner, flat)]
+    longest = max(len(c) for c in flat)
+    if longest > 1:  # the rest of each choice, fed on a copy of its context's cache
+        feed = torch.full((len(flat), longest - 1), _pad_id(tok), dtype=torch.long)
+        for j, c in enumerate(flat):
+            feed[j, :len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
+        idx = torch.tensor(owner, device=device)
+        cache = first.past_key_values
+        cache.reorder_cache(idx)
+        feed_mask = torch.cat([mask[idx], torch.ones(len(flat), longest - 1, dtype=mask.dtype, device=device)], 1)
+        feed_pos = pos[idx, -1:] + 1 + torch.arange(longest - 1, device=device)
+        logp = model(input_ids=feed.to(device), attention_mask=feed_mask, position_ids=feed_pos,
+                     past_key_values=cache).logits.float().log_softmax(-1)
+        for j, c in enumerate(flat):
+            for t in range(1, len(c)):
+                scores[j] += float(logp[j, t - 1, c[t]])
+    per_doc: list[list[float]] = [[] for _ in cont]
+    for d, s in zip(owner, scores):
+        per_doc[d].append(s)
+    return per_doc
