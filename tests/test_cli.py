@@ -55,7 +55,8 @@ def test_bad_records(capsys, env, tmp_path, record, words):
 
 
 def test_failure_inside_a_run_marks_it_failed(capsys, env, tmp_path):
-    _fails(capsys, ["edit", "model=gpt2-xl", f"model.path={tmp_path / 'absent'}", "edits.n=1"], "cannot load model")
+    _fails(capsys, ["edit", "model=gpt2-xl", f"model.path={tmp_path / 'absent'}", "edits.n=1", "tasks.names=[]"],
+           "cannot load model")
     exp = client().get_experiment_by_name("editharm")
     (run,) = client().search_runs([exp.experiment_id])
     assert run.info.status == "FAILED" and "cannot load model" in run.data.tags["error"]
