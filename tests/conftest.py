@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lightning  # noqa: F401  (import before any capsys test: their log handlers bind to the real stderr)
+import mlflow  # noqa: F401
 import pytest
 
 ZSRE = [
