@@ -54,6 +54,55 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+CONLL = [
+    {"id": "0", "document_id": 0, "tokens": ["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."],
+     "ner_tags": ["B-ORG", "O", "B-MISC", "O", "O", "O", "B-MISC", "O", "O"]},
+    {"id": "1", "document_id": 0, "tokens": ["Peter", "Blackburn", ",", "London"], "ner_tags": ["B-PER", "I-PER", "O", "B-LOC"]},
+]
+TASK_DOCS = {  # two documents per task file: golden prompts are written against these
+    "gsm8k/test.jsonl": [
+        {"question": "Tom has 3 apples and buys 2 more. How many apples does he have?",
+         "answer": "Tom has 3 + 2 = <<3+2=5>>5 apples.\n#### 5"},
+        {"question": "Sara reads 12 pages a day for 100 days. How many pages does she read?",
+         "answer": "She reads 12 * 100 = <<12*100=1200>>1200 pages.\n#### 1,200"}],
+    "rte/gu2024_test-NLI.jsonl": [
+        {"index": "0", "sentence1": "The cat sat on the mat.", "sentence2": "A cat is on a mat.", "label": "entailment"},
+        {"index": "1", "sentence1": "Paris is in France.", "sentence2": "Paris is in Spain.", "label": "not_entailment"}],
+    "rte/dev.jsonl": [
+        {"premise": "The cat sat on the mat.", "hypothesis": "A cat is on a mat.", "label": "entailment", "idx": 0},
+        {"premise": "Paris is in France.", "hypothesis": "Paris is in Spain.", "label": "not_entailment", "idx": 1}],
+    "nq_open/gu2024_test-OpenDomainQA.jsonl": [
+        {"question": "who wrote hamlet?", "answer": ["William Shakespeare", "Shakespeare"],
+         "output": ["\n\nHamlet was written by William Shakespeare."]},
+        {"question": "what is the capital of france?", "answer": ["Paris"], "output": ["\n\nParis is the capital."]}],
+    "nq_open/NQ-open.dev.jsonl": [
+        {"question": "who wrote hamlet", "answer": ["William Shakespeare", "Shakespeare"]},
+        {"question": "what is the capital of france", "answer": ["Paris"]}],
+    "boolq/gu2024_test-ClosedDomainQA.jsonl": [
+        {"question": "is paris in france", "title": "Paris", "answer": True, "passage": "Paris is the capital of France."},
+        {"question": "is the sun cold", "title": "Sun", "answer": False, "passage": "The Sun is a hot star."}],
+    "boolq/superglue_val.jsonl": [
+        {"question": "is paris in france", "passage": "Paris -- Paris is the capital of France.", "idx": 0, "label": "true"},
+        {"question": "is the sun cold", "passage": "Sun -- The Sun is a hot star.", "idx": 1, "label": "false"}],
+    "mutual/dev.jsonl": [
+        {"answers": "B", "options": ["m : i do n't know .", "m : it 's on the table .", "m : yes , please .", "m : no ."],
+         "article": "f : where is my book ? m : let me see .", "id": "dev_1"},
+        {"answers": "A", "options": ["f : sure .", "f : never .", "f : it 's blue .", "f : at noon ."],
+         "article": "m : can you help me ? f : what ?", "id": "dev_2"}],
+    "samsum/validation.jsonl": [
+        {"id": "1", "summary": "Anna will bring cake.", "dialogue": "Anna: I'll bring cake.\r\nBen: Great!"},
+        {"id": "2", "summary": "Tom is late.", "dialogue": "Tom: Running late.\r\nEve: OK."}],
+    "samsum/test.jsonl": [
+        {"instruction": "Please summarize the following dialogue from SAMSum dataset.",
+         "dialogue": "Anna: I'll bring cake.\nBen: Great!", "summary": "Anna will bring cake."},
+        {"instruction": "Please summarize the following dialogue from SAMSum dataset.",
+         "dialogue": "Tom: Running late.\nEve: OK.", "summary": "Tom is late."}],
+    "conll2003/valid.jsonl": CONLL,
+    "conll2003/test.jsonl": CONLL,
+    "sst2/dev.jsonl": [{"sentence": "a gorgeous film . ", "label": 1}, {"sentence": "dull and tired ", "label": 0}],
+}
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
@@ -61,6 +110,8 @@ def data_dir(tmp_path_factory) -> Path:
     write_jsonl(root / "counterfact" / "counterfact-edit.jsonl", COUNTERFACT)
     (root / "wikitext").mkdir()
     (root / "wikitext" / "wikitext-2_valid.tokens").write_text(PROBE)
+    for rel, docs in TASK_DOCS.items():
+        write_jsonl(root / rel, docs)
     return root
 
 
