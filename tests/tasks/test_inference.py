@@ -1,0 +1,57 @@
+"""Batched inference equals the obvious one-example-at-a-time computation."""
+import pytest
+import torch
+
+from editharm import config, models
+from editharm.tasks.inference import choice_logliks, cut_at_stop, generate
+
+
+@pytest.fixture(params=["tiny-llama", "tiny-gpt2"], scope="module")
+def tiny(request):
+    return models.load(config.load([f"model={request.param}"]).model, models.cache_root())
+
+
+def _naive(model, tok, context, choice):
+    ctx = tok(context)["input_ids"]
+    cont = tok(choice, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = model(torch.tensor([ctx + cont])).logits[0].float().log_softmax(-1)
+    return sum(float(logp[len(ctx) - 1 + t, c]) for t, c in enumerate(cont))
+
+
+def test_choice_logliks_match_full_sequence_scoring(tiny):
+    model, tok = tiny
+    contexts = ["Is it?\nAnswer:", "A much longer context that pads the others.\nAnswer:", "x"]
+    choices = [[" yes", " no"], [" True", " False", " maybe so"], [" a", " bb"]]
+    got = choice_logliks(model, tok, contexts, choices, batch_size=2)
+    for ctx, cs, scores in zip(contexts, choices, got):
+        assert scores == pytest.approx([_naive(model, tok, ctx, c) for c in cs], abs=1e-4)
+
+
+def test_single_token_choices_need_one_pass(tiny):
+    model, tok = tiny
+    calls = []
+    hook = model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        got = choice_logliks(model, tok, ["ab", "abcdef"], [["x", "y"], ["z", "w"]], batch_size=8)
+    finally:
+        hook.remove()
+    assert len(calls) == 1
+    assert got[1] == pytest.approx([_naive(model, tok, "abcdef", c) for c in ("z", "w")], abs=1e-4)
+
+
+def test_batched_generation_equals_one_by_one(tiny):
+    model, tok = tiny
+    prompts = ["The cat", "A considerably longer prompt about cats", "Q"]
+    batched = generate(model, tok, prompts, max_new_tokens=6, batch_size=3)
+    single = [generate(model, tok, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
+    assert batched == single and all(len(tok(o, add_special_tokens=False)["input_ids"]) <= 6 for o in batched)
+
+
+def test_stop_strings_cut_the_continuation(tiny):
+    model, tok = tiny
+    full = generate(model, tok, ["The cat"], max_new_tokens=8)[0]
+    stop = full[2:4]
+    cut = generate(model, tok, ["The cat"], max_new_tokens=8, stop=[stop])[0]
+    assert cut == cut_at_stop(full, [stop]) and stop not in cut
+    assert cut_at_stop("a\nb.c", ["\n", "."]) == "a"
