@@ -49,7 +49,7 @@ class ExampleMetric(Metric):
         self.valid.append(torch.tensor([p is not None for p in preds], dtype=torch.float64, device=self.device))
 
     def compute(self) -> dict[str, float]:
-        if not self.index:
+        if isinstance(self.index, list) and not self.index:  # after a sync the states are tensors
             return {}
         index, rows, valid = (dim_zero_cat(x).cpu() for x in (self.index, self.rows, self.valid))
         order = index.argsort()

@@ -1,0 +1,43 @@
+"""The validation loop gives the same numbers under DDP (2 CPU processes, gloo) as in one process."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import CONLL, write_jsonl
+
+SCRIPT = Path(__file__).resolve().parents[1] / "ddp_eval.py"
+
+
+def _data(root: Path) -> Path:
+    """Odd-sized task files, so the two processes get uneven shards."""
+    write_jsonl(root / "sst2" / "dev.jsonl", [{"sentence": f"film number {i} was {'good' if i % 2 else 'bad'} .", "label": i % 2}
+                                              for i in range(9)])
+    write_jsonl(root / "mutual" / "dev.jsonl", [{"answers": "ABCD"[i % 4], "article": f"m : hello {i} ? f : yes .",
+                                                 "options": [f"m : option {j} for {i} ." for j in range(4)], "id": str(i)}
+                                                for i in range(5)])
+    write_jsonl(root / "samsum" / "validation.jsonl", [{"id": str(i), "summary": f"Anna brings {i} cakes.",
+                                                       "dialogue": f"Anna: I bring {i} cakes.\r\nBen: ok"} for i in range(3)])
+    write_jsonl(root / "conll2003" / "valid.jsonl", CONLL + [{**CONLL[1], "id": "2"}])
+    write_jsonl(root / "rte" / "gu2024_test-NLI.jsonl", [{"index": str(i), "sentence1": f"A {i}.", "sentence2": f"B {i}.",
+                                                         "label": ["entailment", "not_entailment"][i % 2]} for i in range(5)])
+    return root
+
+
+def _run(tmp_path: Path, devices: int) -> dict:
+    out = tmp_path / f"metrics-{devices}.json"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(out), str(devices), str(tmp_path / "data")],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_ddp_two_processes_equal_one(tmp_path):
+    _data(tmp_path / "data")
+    one, two = _run(tmp_path, 1), _run(tmp_path, 2)
+    assert one["ability/sst2/n"] == 9 and one["ability/conll03/n"] == 12
+    assert set(one) == set(two)
+    for key in one:
+        assert abs(one[key] - two[key]) < 1e-9, (key, one[key], two[key])
