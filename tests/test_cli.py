@@ -30,6 +30,11 @@ def _fails(capsys, argv, *words):
     (["edit", "edits.nope=1"], ["edits.nope", "batch_size"]),
     (["edit", "edits.n=ten"], ["edits.n"]),
     (["edit", "edits.mode=sometimes"], ["instance-sequential"]),
+    (["edit", "tasks.protocol=bogus"], ["gu2024", "harness"]),
+    (["edit", "tasks.names=[rte,nope]"], ["unknown task 'nope'", "samsum"]),
+    (["evaluate", "tasks.dtype=float8"], ["tasks.dtype", "bfloat16"]),
+    (["evaluate", "tasks.limit=0"], ["tasks.limit"]),
+    (["evaluate", "model=tiny-llama", "checkpoint=/no/such/ckpt", "tasks.names=[]"], ["checkpoint", "config.json"]),
 ])
 def test_bad_config(capsys, env, argv, words):
     _fails(capsys, argv, *words)

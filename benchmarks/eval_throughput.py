@@ -1,0 +1,155 @@
+"""Ability-task throughput on a real model, and an independent check of our scoring against lm-eval.
+
+    python benchmarks/eval_throughput.py                       # the eight gu2024 tasks, limit 100, bf16
+    python benchmarks/eval_throughput.py --protocol harness --limit 200
+    python benchmarks/eval_throughput.py --tasks sst2,rte,boolq --protocol harness --dtype float32 \
+        --limit 200 --compare-lm-eval                          # needs `pip install lm-eval`
+
+Prints examples/second and the score per task, and the wall time of the whole pass; with
+--compare-lm-eval, scores the same examples with lm-evaluation-harness (its json loader on the same local
+files, the same model object and batch size) and prints both accuracies, per-example agreement and the
+throughput ratio. Figures are logged to MLflow (experiment `editharm-benchmarks`) unless --no-log.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from editharm import config, data, models
+from editharm.tasks import load_task
+from editharm.tasks.evaluator import TaskEvaluator
+
+
+class Scorer:
+    """The slice of `EditModule` a `TaskEvaluator` uses, over a plain model."""
+
+    def __init__(self, model, tok):
+        self.model, self.tokenizer, self._copies = model, tok, {}
+
+    def scoring_model(self, dtype):
+        if dtype == self.model.dtype:
+            return self.model
+        return self._copies.setdefault(dtype, __import__("copy").deepcopy(self.model).to(dtype).eval())
+
+
+def run_ours(scorer, tok, task, batch_size: int, dtype: str) -> dict:
+    t0 = time.perf_counter()
+    ev = TaskEvaluator(task, tok, batch_size, dtype)
+    for batch in ev.dataloader():
+        ev.update(scorer, batch)
+    values, rows = ev.compute()
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "n": len(task.items), "per_s": len(task.items) / seconds, "values": values, "rows": rows}
+
+
+LM_EVAL_YAML = {  # lm-evaluation-harness task definitions over our local files (json loader)
+    "sst2": ('{{sentence}}\\nQuestion: Is this sentence positive or negative?\\nAnswer:', '["negative", "positive"]', "{{label}}"),
+    "rte": ('{{premise}}\\nQuestion: {{hypothesis}} True or False?\\nAnswer:', '["True", "False"]',
+            "{{0 if label == 'entailment' else 1}}"),
+    "boolq": ('{{passage}}\\nQuestion: {{question}}?\\nAnswer:', '["no", "yes"]', "{{1 if label == 'true' else 0}}"),
+}
+
+
+def run_lm_eval(model, tok, name: str, task, root: Path, batch_size: int) -> dict:
+    """Score the same documents with lm-eval's multiple-choice path; returns accuracy, time, per-doc preds."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from editharm.tasks.task import read_docs
+
+    docs = read_docs(task.spec, root)
+    from editharm.tasks.task import stable_subset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        subset = [docs[i] for i in stable_subset(len(docs), len(task.items), f"{name}:0")]
+        (Path(tmp) / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in subset))
+        text, choices, target = LM_EVAL_YAML[name]
+        (Path(tmp) / f"eh_{name}.yaml").write_text(
+            f"task: eh_{name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    validation: {tmp}/docs.jsonl\n"
+            f"output_type: multiple_choice\nvalidation_split: validation\ndoc_to_text: \"{text}\"\n"
+            f"doc_to_choice: '{choices}'\ndoc_to_target: \"{target}\"\nmetric_list:\n  - metric: acc\n")
+        lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size)
+        t0 = time.perf_counter()
+        out = lm_eval.simple_evaluate(model=lm, tasks=[f"eh_{name}"], task_manager=TaskManager(include_path=tmp),
+                                      log_samples=True, num_fewshot=0)
+        seconds = time.perf_counter() - t0
+    samples = out["samples"][f"eh_{name}"]
+    preds = {s["doc_id"]: max(range(len(s["filtered_resps"])), key=lambda k: s["filtered_resps"][k][0]) for s in samples}
+    return {"seconds": seconds, "per_s": len(subset) / seconds, "acc": out["results"][f"eh_{name}"]["acc,none"],
+            "preds": [preds[i] for i in range(len(subset))]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--protocol", default="gu2024")
+    p.add_argument("--tasks", default=",".join(config.TASKS))
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--compare-lm-eval", action="store_true")
+    p.add_argument("--no-log", action="store_true")
+    p.add_argument("--out", help="also write the figures as JSON here")
+    args = p.parse_args()
+
+    root = data.data_dir(None)
+    cfg = config.load([f"model={args.model}"])
+    t_load = time.perf_counter()
+    model, tok = models.load(cfg.model, models.cache_root())
+    load_s = time.perf_counter() - t_load
+    scorer = Scorer(model, tok)
+    print(f"model {args.model} loaded in {load_s:.1f} s; torch threads {torch.get_num_threads()}; "
+          f"protocol {args.protocol}, limit {args.limit}, batch {args.batch_size}, dtype {args.dtype}")
+    figures: dict = {"load_s": load_s, "tasks": {}}
+    t_all = time.perf_counter()
+    for name in args.tasks.split(","):
+        task = load_task(name, args.protocol, root, args.limit)
+        ours = run_ours(scorer, tok, task, args.batch_size, args.dtype)
+        main_key = next(k for k in ours["values"] if not k.endswith(("_ci_low", "_ci_high")))
+        line = (f"{name:12s} n={ours['n']:4d} {ours['seconds']:6.1f} s {ours['per_s']:7.2f} ex/s  "
+                f"{main_key}={ours['values'][main_key]:.3f} [{ours['values'][main_key + '_ci_low']:.3f}, "
+                f"{ours['values'][main_key + '_ci_high']:.3f}] valid={ours['values']['valid_rate']:.2f}")
+        fig = {"n": ours["n"], "seconds": ours["seconds"], "examples_per_s": ours["per_s"], **ours["values"]}
+        if args.compare_lm_eval:
+            theirs = run_lm_eval(model, tok, name, task, root, args.batch_size)
+            mine = [r["parsed"] for r in sorted(ours["rows"], key=lambda r: r["index"])]
+            agree = sum(a == b for a, b in zip(mine, theirs["preds"])) / len(mine)
+            fig.update(lm_eval_accuracy=theirs["acc"], lm_eval_seconds=theirs["seconds"],
+                       lm_eval_examples_per_s=theirs["per_s"], agreement=agree,
+                       speedup=theirs["seconds"] / ours["seconds"])
+            line += (f" | lm-eval acc={theirs['acc']:.3f} {theirs['per_s']:.2f} ex/s; "
+                     f"diff {100 * (ours['values'][main_key] - theirs['acc']):+.2f} pts, "
+                     f"agreement {agree:.3f}, speed x{fig['speedup']:.2f}")
+        print(line, flush=True)
+        figures["tasks"][name] = fig
+    figures["pass_s"] = sum(f["seconds"] for f in figures["tasks"].values())
+    figures["wall_s"] = time.perf_counter() - t_all
+    print(f"whole pass: {figures['pass_s']:.1f} s scoring ({figures['wall_s']:.1f} s wall incl. loading tasks)")
+    if args.out:
+        Path(args.out).write_text(json.dumps(figures, indent=2))
+    if not args.no_log:
+        log(args, figures)
+
+
+def log(args, figures: dict) -> None:
+    import mlflow
+
+    mlflow.set_experiment("editharm-benchmarks")
+    with mlflow.start_run(run_name=f"eval-throughput-{args.protocol}-{args.model}"):
+        mlflow.log_params(vars(args))
+        mlflow.log_metric("bench/pass_s", figures["pass_s"])
+        for name, fig in figures["tasks"].items():
+            mlflow.log_metrics({f"bench/{name}/{k}": float(v) for k, v in fig.items() if isinstance(v, (int, float))})
+        mlflow.log_dict(figures, "benchmark/eval_throughput.json")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()
