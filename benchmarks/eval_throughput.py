@@ -22,20 +22,10 @@ from pathlib import Path
 import torch
 
 from editharm import config, data, models
+from editharm.module import EditModule
 from editharm.tasks import load_task
 from editharm.tasks.evaluator import TaskEvaluator
-
-
-class Scorer:
-    """The slice of `EditModule` a `TaskEvaluator` uses, over a plain model."""
-
-    def __init__(self, model, tok):
-        self.model, self.tokenizer, self._copies = model, tok, {}
-
-    def scoring_model(self, dtype):
-        if dtype == self.model.dtype:
-            return self.model
-        return self._copies.setdefault(dtype, __import__("copy").deepcopy(self.model).to(dtype).eval())
+from editharm.tasks.task import read_docs, stable_subset
 
 
 def run_ours(scorer, tok, task, batch_size: int, dtype: str) -> dict:
@@ -45,7 +35,8 @@ def run_ours(scorer, tok, task, batch_size: int, dtype: str) -> dict:
         ev.update(scorer, batch)
     values, rows = ev.compute()
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "n": len(task.items), "per_s": len(task.items) / seconds, "values": values, "rows": rows}
+    return {"seconds": seconds, "n": len(task.items), "per_s": len(task.items) / seconds, "values": values, "rows": rows,
+            "primary": ev.metric.primary}
 
 
 LM_EVAL_YAML = {  # lm-evaluation-harness task definitions over our local files (json loader)
@@ -62,11 +53,7 @@ def run_lm_eval(model, tok, name: str, task, root: Path, batch_size: int) -> dic
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from editharm.tasks.task import read_docs
-
     docs = read_docs(task.spec, root)
-    from editharm.tasks.task import stable_subset
-
     with tempfile.TemporaryDirectory() as tmp:
         subset = [docs[i] for i in stable_subset(len(docs), len(task.items), f"{name}:0")]
         (Path(tmp) / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in subset))
@@ -104,7 +91,7 @@ def main() -> None:
     t_load = time.perf_counter()
     model, tok = models.load(cfg.model, models.cache_root())
     load_s = time.perf_counter() - t_load
-    scorer = Scorer(model, tok)
+    scorer = EditModule(cfg, model, tok, [], n_requests=0)  # for its scoring_model(dtype)
     print(f"model {args.model} loaded in {load_s:.1f} s; torch threads {torch.get_num_threads()}; "
           f"protocol {args.protocol}, limit {args.limit}, batch {args.batch_size}, dtype {args.dtype}")
     figures: dict = {"load_s": load_s, "tasks": {}}
@@ -112,11 +99,11 @@ def main() -> None:
     for name in args.tasks.split(","):
         task = load_task(name, args.protocol, root, args.limit)
         ours = run_ours(scorer, tok, task, args.batch_size, args.dtype)
-        main_key = next(k for k in ours["values"] if not k.endswith(("_ci_low", "_ci_high")))
+        main_key = ours["primary"]
         line = (f"{name:12s} n={ours['n']:4d} {ours['seconds']:6.1f} s {ours['per_s']:7.2f} ex/s  "
                 f"{main_key}={ours['values'][main_key]:.3f} [{ours['values'][main_key + '_ci_low']:.3f}, "
                 f"{ours['values'][main_key + '_ci_high']:.3f}] valid={ours['values']['valid_rate']:.2f}")
-        fig = {"n": ours["n"], "seconds": ours["seconds"], "examples_per_s": ours["per_s"], **ours["values"]}
+        fig = {"primary": main_key, "n": ours["n"], "seconds": ours["seconds"], "examples_per_s": ours["per_s"], **ours["values"]}
         if args.compare_lm_eval:
             theirs = run_lm_eval(model, tok, name, task, root, args.batch_size)
             mine = [r["parsed"] for r in sorted(ours["rows"], key=lambda r: r["index"])]

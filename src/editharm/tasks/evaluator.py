@@ -61,7 +61,7 @@ class TaskEvaluator(Evaluator):
         if not values:
             return {}, []
         values["chance"] = self.task.spec.chance
-        if self.task.spec.metric == "accuracy":
+        if self.task.spec.chance > 0:  # a closed label set: the majority class is the bar to clear
             counts = Counter(str(it.target) for it in self.task.items)
             values["majority"] = max(counts.values()) / len(self.task.items)
         return values, sorted(_gather(self.rows), key=lambda r: r["index"])

@@ -25,6 +25,8 @@ class ExampleMetric(Metric):
     full_state_update = False
     higher_is_better = True
     stats: tuple[str, ...] = ()
+    primary: str = ""
+    """The headline score among the aggregated ones."""
 
     def __init__(self, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
@@ -72,6 +74,7 @@ class Accuracy(ExampleMetric):
     Also `accuracy_valid`: accuracy over valid outputs only (the paper's scripts computed both)."""
 
     stats = ("accuracy",)
+    primary = "accuracy"
 
     def example(self, pred, target) -> list[float]:
         return [float(pred is not None and pred == target)]
@@ -97,6 +100,7 @@ class ExactMatch(ExampleMetric):
     `contains`: a normalized gold answer occurs as whole words inside the normalized prediction."""
 
     stats = ("exact_match", "contains")
+    primary = "exact_match"
 
     def example(self, pred, target) -> list[float]:
         golds = [squad_normalize(t) for t in ([target] if isinstance(target, str) else target)]
@@ -112,6 +116,7 @@ class Rouge(ExampleMetric):
     the paper's aggregate (R1 + R2 + RL) / 3."""
 
     stats = ("rouge1", "rouge2", "rougeL")
+    primary = "rouge_avg"
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -141,6 +146,7 @@ class EntityF1(ExampleMetric):
     gold entity spans (case-insensitive, whitespace-normalized), summed over all examples."""
 
     stats = ("tp", "fp", "fn")
+    primary = "f1"
 
     def example(self, pred, target) -> list[float]:
         gold = Counter(entity_key(t) for t in target)
