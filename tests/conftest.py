@@ -100,6 +100,11 @@ TASK_DOCS = {  # two documents per task file: golden prompts are written against
     "conll2003/valid.jsonl": CONLL,
     "conll2003/test.jsonl": CONLL,
     "sst2/dev.jsonl": [{"sentence": "a gorgeous film . ", "label": 1}, {"sentence": "dull and tired ", "label": 0}],
+    # statistics corpora (key second moments): disjoint from the probe text above
+    "wikitext/wiki.test.raw.jsonl": [{"text": " = Robert Boulter = \n"},
+                                     {"text": " Robert Boulter is an English film , television and theatre actor . " * 4}],
+    "boolq/superglue_test_unlabeled.jsonl": [
+        {"passage": "20 euro note -- Until now there has been only one complete series of euro notes.", "question": "q", "idx": 0}],
 }
 
 
