@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from editharm import deltas as D
-from editharm import tracking
+from editharm import models, stats, tracking
 from editharm.config import RunConfig
-from editharm.data import EditRequest
+from editharm.data import EditRequest, data_dir
 from editharm.evaluators import EditEvaluator, Evaluator
 
 
@@ -46,10 +46,25 @@ class EditModule(L.LightningModule):
         self._last_batch = range(0)
         self._eval_t0 = 0.0
         self._copies: dict[torch.dtype, nn.Module] = {}  # not submodules: never saved, never moved
+        self._stats: dict[str, torch.Tensor] = {}
 
     def compute_deltas(self, requests: list[EditRequest]) -> D.Deltas:
         """The weight changes that make `requests` hold. Must leave the model as it found it."""
         raise NotImplementedError
+
+    def second_moments(self, modules: list[str], n_tokens: int, seq_len: int) -> dict[str, torch.Tensor]:
+        """E[k kᵀ] of each module's input over the statistics corpus: from the disk cache, or computed with
+        early exit and cached; logged to the run as `stats/` artifacts. Call before the first edit."""
+        missing = [m for m in modules if m not in self._stats]
+        if missing:
+            corpus = stats.load_corpus(data_dir(self.cfg.data_dir))
+            got, paths = stats.cached_second_moments(self.model, self.tokenizer, missing, corpus, n_tokens, seq_len,
+                                                     models.identity(self.cfg.model),
+                                                     models.cache_root(self.cfg.cache_dir) / "stats")
+            device = next(self.model.parameters()).device
+            self._stats.update({m: c.to(device) for m, c in got.items()})
+            tracking.log_files(self.logger, "stats", list(paths.values()))
+        return {m: self._stats[m] for m in modules}
 
     def module_name(self, kind: str, layer: int) -> str:
         """`templates.<kind>` of the model config, formatted with `layer`."""

@@ -112,6 +112,13 @@ def log_jsonl(logger: RunLogger | None, artifact: str, rows: list[dict]) -> None
 
 
 @rank_zero_only
+def log_files(logger: RunLogger | None, folder: str, paths: list[Path]) -> None:
+    if logger is not None:
+        for path in paths:
+            logger.experiment.log_artifact(logger.run_id, str(path), folder)
+
+
+@rank_zero_only
 def log_deltas(logger: RunLogger, model, cumulative: D.Deltas) -> None:
     """`deltas/deltas.safetensors` (cumulative ΔW, parameter layout) and `deltas/summary.json`."""
     if not cumulative:

@@ -1,0 +1,102 @@
+"""MEMIT (Meng et al., 2023): many edits at once, spread over a range of MLP output projections.
+
+    z_i = compute_z(...)           target hidden state at the last layer L of the range (shared `optimize_value`)
+    for l in layers (ascending):   K_l: keys of all requests under the current weights; R = Z − H_L
+        ΔW_l = memit_update(R / (layers left), K_l, C_l, λ)  = R_l K_lᵀ (λ C_l + K_l K_lᵀ)⁻¹, applied before l+1
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from editharm.data import EditRequest
+from editharm.deltas import Deltas
+from editharm.methods._shared import context_templates, keys_at, optimize_value, subject_last
+from editharm.module import EditModule
+from editharm.nethook import to_param_layout
+from editharm.registry import register_method
+
+
+@dataclass
+class MEMITConfig:
+    name: str = "memit"
+    layers: list[int] = field(default_factory=lambda: [4, 5, 6, 7, 8])
+    """MLP output projections to update; targets are set at the output of the last one's block."""
+    v_num_grad_steps: int = 25
+    v_lr: float = 0.5
+    v_weight_decay: float = 1e-3
+    clamp_norm_factor: float = 4.0
+    kl_factor: float = 0.0625
+    mom2_update_weight: float = 15000.0
+    """λ: weight of the preserved-keys term λC against the new keys KKᵀ."""
+    mom2_n_tokens: int = 100_000
+    mom2_seq_len: int = 256
+    context_template_length_params: list[list[int]] = field(default_factory=lambda: [[10, 5]])
+    """MEMIT: the bare prompt plus 5 sampled prefixes of 10 tokens."""
+
+
+def compute_z(model, tok, block: str, request: EditRequest, templates: list[str], hp: MEMITConfig) -> torch.Tensor:
+    """z: the hidden state at the output of `block` (subject's last token) that makes `target_new` likely."""
+    prompts = [t.format(request.prompt) for t in templates]
+    z, _ = optimize_value(model, tok, block, prompts, request.subject, request.target_new,
+                          [f"{request.subject} is a"], hp.v_num_grad_steps, hp.v_lr, hp.v_weight_decay,
+                          hp.kl_factor, hp.clamp_norm_factor)
+    return z
+
+
+def layer_keys(model, tok, module: str, requests: list[EditRequest], templates: list[str]) -> torch.Tensor:
+    """K (in × n): each request's key at `module`, the mean of the bare-prompt key and of the templated keys
+    (MEMIT averages within the two template groups, then across them)."""
+    cols = []
+    for r in requests:
+        texts = [t.format(r.prompt) for t in templates]
+        keys, _ = keys_at(model, tok, module, texts, [subject_last(tok, t, r.subject) for t in texts])
+        cols.append(keys[0] if len(keys) == 1 else (keys[0] + keys[1:].mean(0)) / 2)
+    return torch.stack(cols, 1)
+
+
+def memit_update(R: torch.Tensor, K: torch.Tensor, C: torch.Tensor, lam: float) -> torch.Tensor:
+    """ΔW = R Kᵀ (λC + K Kᵀ)⁻¹ (out × in), solved in float64: the least-squares change that moves the new keys
+    K towards residuals R while preserving the second moment C of existing keys."""
+    K64 = K.double()
+    A = lam * C.double() + K64 @ K64.T
+    return (R.double() @ torch.linalg.solve(A, K64).T).float()
+
+
+@register_method("memit", config=MEMITConfig)
+class MEMIT(EditModule):
+    """Mass editing: every batch of requests in one multi-layer update."""
+
+    def on_fit_start(self) -> None:
+        """Context templates and key statistics come from the unedited model, once per run."""
+        self._templates = context_templates(self.model, self.tokenizer, self.hp.context_template_length_params,
+                                            self.cfg.seed)
+        self.second_moments(self._rewrite_modules(), self.hp.mom2_n_tokens, self.hp.mom2_seq_len)
+
+    def _rewrite_modules(self) -> list[str]:
+        return [self.module_name("mlp_out", layer) for layer in self.hp.layers]
+
+    def compute_deltas(self, requests: list[EditRequest]) -> Deltas:
+        modules = self._rewrite_modules()
+        C = self.second_moments(modules, self.hp.mom2_n_tokens, self.hp.mom2_seq_len)
+        block = self.module_name("layer", self.hp.layers[-1])
+        Z = torch.stack([compute_z(self.model, self.tokenizer, block, r, self._templates, self.hp) for r in requests], 1)
+        prompts = [r.prompt for r in requests]
+        positions = [subject_last(self.tokenizer, r.prompt, r.subject) for r in requests]
+        total: Deltas = {}
+        originals = {m: self.model.get_parameter(f"{m}.weight").detach().clone() for m in modules}
+        with torch.no_grad():
+            try:
+                for i, module in enumerate(modules):
+                    K = layer_keys(self.model, self.tokenizer, module, requests, self._templates)
+                    H = keys_at(self.model, self.tokenizer, block, prompts, positions)[1].T
+                    delta = memit_update((Z - H) / (len(modules) - i), K, C[module], self.hp.mom2_update_weight)
+                    name, stored = to_param_layout(self.model, module, delta)
+                    weight = self.model.get_parameter(name)
+                    weight.add_(stored.to(weight.dtype))  # layer l+1 sees layer l's update
+                    total[name] = stored
+            finally:
+                for m, weight in originals.items():  # exact: the model as found
+                    self.model.get_parameter(f"{m}.weight").copy_(weight)
+        return total

@@ -1,0 +1,99 @@
+"""ROME (Meng et al., 2022): a rank-one update of one MLP output projection so that the subject's key maps
+to a value that makes the target likely.
+
+    u  = compute_u(...)       left vector: the subject key k̄ averaged over context templates, C⁻¹k̄ if
+                              `mom2_adjustment`, normalised
+    v* = compute_v(...)       target value at the subject's last token (shared `optimize_value`)
+    ΔW = rank_one_update(...) = (v* − W k* − b) uᵀ / (uᵀ k*), so that (W + ΔW) k* + b = v*,
+                              k* the subject's key in the edit prompt itself
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from editharm.data import EditRequest
+from editharm.deltas import Deltas
+from editharm.methods._shared import context_templates, keys_at, optimize_value, subject_last
+from editharm.module import EditModule
+from editharm.nethook import to_param_layout
+from editharm.registry import register_method
+
+
+@dataclass
+class ROMEConfig:
+    name: str = "rome"
+    layer: int = 5
+    """The layer whose MLP output projection (`templates.mlp_out`) is rewritten."""
+    v_num_grad_steps: int = 25
+    v_lr: float = 0.5
+    v_weight_decay: float = 1e-3
+    clamp_norm_factor: float = 4.0
+    kl_factor: float = 0.0625
+    mom2_adjustment: bool = False
+    """Whiten the key with the inverse second moment C⁻¹ (original ROME: on; the paper's runs: off)."""
+    mom2_n_tokens: int = 100_000
+    mom2_seq_len: int = 256
+    context_template_length_params: list[list[int]] = field(default_factory=lambda: [[5, 10], [10, 10]])
+    """`[length, count]` pairs of sampled prefixes (ROME: 10 of 5 tokens and 10 of 10 tokens)."""
+
+
+def compute_u(model, tok, module: str, request: EditRequest, templates: list[str],
+              C: torch.Tensor | None) -> torch.Tensor:
+    """The normalised left vector u ∝ C⁻¹ k̄ (or k̄), k̄ the subject's key averaged over `templates`."""
+    texts = [t.format(request.prompt) for t in templates]
+    keys, _ = keys_at(model, tok, module, texts, [subject_last(tok, t, request.subject) for t in texts])
+    k_bar = keys.mean(0).double()
+    u = torch.linalg.solve(C.double().to(k_bar.device), k_bar) if C is not None else k_bar
+    return (u / u.norm()).float()
+
+
+def compute_v(model, tok, module: str, request: EditRequest, templates: list[str], hp: ROMEConfig) -> torch.Tensor:
+    """v*: the module output at the subject's last token that makes `target_new` follow every template."""
+    prompts = [t.format(request.prompt) for t in templates]
+    v_star, _ = optimize_value(model, tok, module, prompts, request.subject, request.target_new,
+                               [f"{request.subject} is a"], hp.v_num_grad_steps, hp.v_lr, hp.v_weight_decay,
+                               hp.kl_factor, hp.clamp_norm_factor)
+    return v_star
+
+
+def rank_one_update(u: torch.Tensor, k_star: torch.Tensor, out_star: torch.Tensor, v_star: torch.Tensor) -> torch.Tensor:
+    """ΔW (out × in) with (W + ΔW) k* + b = v*, given the current output W k* + b = `out_star`."""
+    return torch.outer((v_star - out_star) / (k_star @ u), u)
+
+
+@register_method("rome", config=ROMEConfig)
+class ROME(EditModule):
+    """Rank-one model editing; requests in a batch are applied one after another (ROME does not batch)."""
+
+    def on_fit_start(self) -> None:
+        """Context templates and key statistics come from the unedited model, once per run."""
+        self._templates = context_templates(self.model, self.tokenizer, self.hp.context_template_length_params,
+                                            self.cfg.seed)
+        if self.hp.mom2_adjustment:
+            self.second_moments([self._rewrite_module()], self.hp.mom2_n_tokens, self.hp.mom2_seq_len)
+
+    def _rewrite_module(self) -> str:
+        return self.module_name("mlp_out", self.hp.layer)
+
+    def compute_deltas(self, requests: list[EditRequest]) -> Deltas:
+        module = self._rewrite_module()
+        C = self.second_moments([module], self.hp.mom2_n_tokens, self.hp.mom2_seq_len)[module] if self.hp.mom2_adjustment else None
+        total: Deltas = {}
+        original = self.model.get_parameter(f"{module}.weight").detach().clone()
+        with torch.no_grad():
+            try:
+                for request in requests:
+                    u = compute_u(self.model, self.tokenizer, module, request, self._templates, C)
+                    v_star = compute_v(self.model, self.tokenizer, module, request, self._templates, self.hp)
+                    k_star, out_star = keys_at(self.model, self.tokenizer, module, [request.prompt],
+                                               [subject_last(self.tokenizer, request.prompt, request.subject)])
+                    delta = rank_one_update(u, k_star[0], out_star[0], v_star)
+                    name, stored = to_param_layout(self.model, module, delta)
+                    weight = self.model.get_parameter(name)
+                    weight.add_(stored.to(weight.dtype))  # later requests of the batch see earlier ones
+                    total[name] = total.get(name, 0) + stored
+            finally:
+                self.model.get_parameter(f"{module}.weight").copy_(original)  # exact: the model as found
+        return total

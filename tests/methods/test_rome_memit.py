@@ -1,0 +1,95 @@
+"""ROME and MEMIT on the tiny Llama and GPT-2: invariants, normal equations, and that edits take.
+
+The edited layer must sit below the last block: a change at the last block's subject position reaches no
+later position (no attention after it), so it cannot move the target's probability."""
+import pytest
+import torch
+
+from editharm import config, deltas as D, models, scoring
+from editharm.data import EditRequest
+from editharm.methods._shared import keys_at, subject_last
+from editharm.methods.memit import MEMIT, memit_update
+from editharm.methods.rome import ROME, compute_u, compute_v, rank_one_update
+from editharm.nethook import to_param_layout
+
+REQUESTS = [EditRequest("The mother tongue of Danielle Darrieux is", "Danielle Darrieux", "English"),
+            EditRequest("Toko Yasuda plays the", "Toko Yasuda", "piano")]
+# A random tiny model barely reacts to one position's hidden state (its logits are near uniform), so the
+# value step is smaller and its norm bound looser than for a real model; the KL term stays on. Where a test
+# checks that P(target) rises, the templates are only the bare prompt: on a random model, raising the
+# average over random prefixes says nothing about the bare prompt.
+BARE = "method.context_template_length_params=[]"
+FAST = ["method.v_num_grad_steps=20", "method.v_lr=0.1", "method.clamp_norm_factor=100", "method.v_weight_decay=0",
+        "method.context_template_length_params=[[3,5]]", "method.mom2_n_tokens=512", "method.mom2_seq_len=32"]
+
+
+def _module(cls, model_name, method, *over):
+    cfg = config.load([f"model={model_name}", f"method={method}", *FAST, *over])
+    model, tok = models.load(cfg.model, models.cache_root())
+    module = cls(cfg, model, tok, [], n_requests=len(REQUESTS))
+    module.on_fit_start()
+    return module
+
+
+def _nll(module, requests):
+    return [s.nll for s in scoring.score(module.model, module.tokenizer, [r.prompt for r in requests],
+                                         [r.target_new for r in requests])]
+
+
+@pytest.mark.parametrize("model_name", ["tiny-llama", "tiny-gpt2"])
+def test_rome_update_maps_the_subject_key_to_v_star(env, model_name):
+    m = _module(ROME, model_name, "rome", "method.layer=0")
+    r, module = REQUESTS[0], m.module_name("mlp_out", 0)
+    u = compute_u(m.model, m.tokenizer, module, r, m._templates, None)
+    v_star = compute_v(m.model, m.tokenizer, module, r, m._templates, m.hp)
+    pos = [subject_last(m.tokenizer, r.prompt, r.subject)]
+    k_star, out_star = keys_at(m.model, m.tokenizer, module, [r.prompt], pos)
+    name, stored = to_param_layout(m.model, module, rank_one_update(u, k_star[0], out_star[0], v_star))
+    D.apply_(m.model, {name: stored})
+    _, out_after = keys_at(m.model, m.tokenizer, module, [r.prompt], pos)
+    torch.testing.assert_close(out_after[0], v_star, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(out_star[0], v_star)
+
+
+# tiny-gpt2 is left out of this one: its random GELU keys point nearly the same way at every position, so a
+# rank-one update moves all positions, not just the subject's (measured: the target's NLL rose by 0.015 for
+# one request). The update's own invariant is tested on both architectures above.
+@pytest.mark.parametrize("model_name", ["tiny-llama"])
+@pytest.mark.parametrize("mom2", [False, True])
+def test_rome_deltas_leave_the_model_alone_and_raise_the_target(env, model_name, mom2):
+    m = _module(ROME, model_name, "rome", "method.layer=0", f"method.mom2_adjustment={str(mom2).lower()}", BARE)
+    for request in REQUESTS:
+        before = {k: v.clone() for k, v in m.model.state_dict().items()}
+        nll0 = _nll(m, [request])[0]
+        deltas = m.compute_deltas([request])
+        assert all(torch.equal(before[k], v) for k, v in m.model.state_dict().items())
+        (name, delta), = deltas.items()
+        assert name == m.module_name("mlp_out", 0) + ".weight" and delta.shape == m.model.get_parameter(name).shape
+        D.apply_(m.model, deltas)
+        assert _nll(m, [request])[0] < nll0 - 1e-3
+        D.revert_(m.model, deltas)
+
+
+def test_memit_update_solves_its_normal_equations():
+    g = torch.Generator().manual_seed(0)
+    d, k, n = 6, 10, 3
+    R, K = torch.randn(d, n, generator=g), torch.randn(k, n, generator=g)
+    X = torch.randn(k, 50, generator=g)
+    C = X @ X.T / 50
+    delta = memit_update(R, K, C, lam=2.0)
+    torch.testing.assert_close((delta.double() @ (2.0 * C.double() + K.double() @ K.double().T)).float(),
+                               (R @ K.T), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_name", ["tiny-llama", "tiny-gpt2"])
+def test_memit_batch_leaves_the_model_alone_and_raises_every_target(env, model_name):
+    deeper = ["model.architecture.num_hidden_layers=4", "model.n_layers=4"] if model_name == "tiny-llama" else \
+        ["model.architecture.n_layer=4", "model.n_layers=4"]
+    m = _module(MEMIT, model_name, "memit", *deeper, "method.layers=[0,1]", "method.mom2_update_weight=10.0", BARE)
+    before = {k: v.clone() for k, v in m.model.state_dict().items()}
+    nll0 = _nll(m, REQUESTS)
+    deltas = m.compute_deltas(REQUESTS)
+    assert all(torch.equal(before[k], v) for k, v in m.model.state_dict().items())
+    assert set(deltas) == {m.module_name("mlp_out", i) + ".weight" for i in (0, 1)}
+    D.apply_(m.model, deltas)
+    assert all(a < b - 1e-3 for a, b in zip(_nll(m, REQUESTS), nll0))
