@@ -119,6 +119,30 @@ def evaluate(argv: list[str]) -> str:
         return logger.run_id
 
 
+def statistics(argv: list[str]) -> str:
+    """Precompute the configured method's key statistics (`method.mom2_*`) into the cache, in one run."""
+    from editharm import config, data, models, registry, stats, tracking
+
+    _quiet_lightning()
+    tree = config.compose(argv)
+    cfg = config.to_object(tree)
+    corpus = stats.load_corpus(data.data_dir(cfg.data_dir))
+    with tracking.start(cfg, f"stats-{cfg.method.name}-{cfg.model.name}") as logger:
+        _log_run(logger, cfg, tree, [], kind="stats", method=cfg.method.name)
+        model, tok = _model(cfg)
+        module = registry.method(cfg.method.name)(cfg, model, tok, [], 0)
+        names = module.statistics_modules()
+        if not names:
+            raise EditharmError(f"method {cfg.method.name} uses no key statistics")
+        _, paths = stats.cached_second_moments(model, tok, names, corpus, cfg.method.mom2_n_tokens,
+                                               cfg.method.mom2_seq_len, models.identity(cfg.model),
+                                               models.cache_root(cfg.cache_dir) / "stats")
+        tracking.log_files(logger, "stats", list(paths.values()))
+        for name, path in paths.items():
+            print(f"{name}: {path}")
+        return logger.run_id
+
+
 def _quiet_lightning() -> None:
     """Silence Lightning's advice that does not apply to edit runs (no optimizer, eval-mode modules by
     design, requests kept on the host)."""
@@ -144,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     p_edit.add_argument("overrides", nargs="*", help="group=name or dotted.key=value, e.g. method=ft edits.n=4")
     p_eval = sub.add_parser("evaluate", help="score a model or an edited checkpoint on the ability tasks")
     p_eval.add_argument("overrides", nargs="*", help="e.g. model=smollm2-135m tasks.limit=50 checkpoint=runs:/<id>")
+    p_stats = sub.add_parser("stats", help="precompute a method's key statistics (second moments) into the cache")
+    p_stats.add_argument("overrides", nargs="*", help="e.g. method=memit model=smollm2-135m method.mom2_n_tokens=50000")
     p_ckpt = sub.add_parser("checkpoint", help="download a run's edited checkpoint")
     p_ckpt.add_argument("run_id")
     p_ckpt.add_argument("--out", required=True, help="directory to write the checkpoint to")
@@ -151,14 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
-        if args.command in ("edit", "evaluate"):
-            run_id = (edit if args.command == "edit" else evaluate)(args.overrides)
+        if args.command in ("edit", "evaluate", "stats"):
+            run_id = {"edit": edit, "evaluate": evaluate, "stats": statistics}[args.command](args.overrides)
             print(f"editharm: run {run_id} finished")
         else:
             print(checkpoint(args.run_id, args.out, args.tracking_uri))
     except EditharmError as err:
         print(f"editharm: error: {err}", file=sys.stderr)
-        if args.command in ("edit", "evaluate"):
+        if args.command in ("edit", "evaluate", "stats"):
             from editharm import tracking
 
             tracking.fail_joined_run(err)

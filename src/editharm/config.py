@@ -84,6 +84,9 @@ class EditsConfig:
     """Seed of the request selection and order."""
     eval_batch_size: int = 16
     """Requests per forward pass when scoring edit metrics."""
+    max_rel_fro: Optional[float] = None
+    """Collapse guard: an edit step whose ‖ΔW‖_F/‖W‖_F exceeds this on any weight is reported (tag, metric
+    `edit/skipped`) and not applied. Non-finite deltas are always refused."""
 
 
 @dataclass

@@ -52,6 +52,10 @@ class EditModule(L.LightningModule):
         """The weight changes that make `requests` hold. Must leave the model as it found it."""
         raise NotImplementedError
 
+    def statistics_modules(self) -> list[str]:
+        """Modules whose input second moments the method uses (`editharm stats` precomputes them)."""
+        return []
+
     def second_moments(self, modules: list[str], n_tokens: int, seq_len: int) -> dict[str, torch.Tensor]:
         """E[k kᵀ] of each module's input over the statistics corpus: from the disk cache, or computed with
         early exit and cached; logged to the run as `stats/` artifacts. Call before the first edit."""
@@ -97,13 +101,15 @@ class EditModule(L.LightningModule):
         start, self.n_edits = self.n_edits, self.n_edits + len(batch)
         self._last_batch = range(start, self.n_edits)
         metrics = {"time/edit_s": seconds / len(batch)}
-        if not D.is_finite(deltas):
+        summary = D.stats(self.model, deltas) if D.is_finite(deltas) else {}
+        problem = "non-finite" if not summary else self._collapse(summary)
+        if problem:
             self.n_skipped += len(batch)
-            metrics["edit/skipped_nonfinite"] = self.n_skipped
-            tracking.set_tags(self.logger, {"nonfinite_edit": f"requests {start}-{self.n_edits - 1}"})
-            self.print(f"edits {start}-{self.n_edits - 1} produced non-finite deltas: not applied")
+            metrics["edit/skipped"] = self.n_skipped
+            tracking.set_tags(self.logger, {f"skipped_edit.{start}": f"requests {start}-{self.n_edits - 1}: {problem}"})
+            self.print(f"edits {start}-{self.n_edits - 1}: {problem}; not applied")
         else:
-            for param, s in D.stats(self.model, deltas).items():
+            for param, s in summary.items():
                 metrics.update({f"delta/{param}/{k}": v for k, v in s.items() if k in ("fro", "rel_fro")})
             D.apply_(self.model, deltas)
             if self.single:
@@ -111,6 +117,14 @@ class EditModule(L.LightningModule):
             else:
                 self.cumulative = D.accumulate(self.cumulative, deltas)
         self._log(metrics)
+
+    def _collapse(self, summary: dict[str, dict[str, float]]) -> str | None:
+        """Why these deltas look like a collapse (‖ΔW‖/‖W‖ above `edits.max_rel_fro`), or None."""
+        limit = self.cfg.edits.max_rel_fro
+        worst = max(summary.items(), key=lambda kv: kv[1]["rel_fro"])
+        if limit is not None and worst[1]["rel_fro"] > limit:
+            return f"|dW|/|W| = {worst[1]['rel_fro']:.3g} on {worst[0]} exceeds edits.max_rel_fro={limit}"
+        return None
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self.evaluators[dataloader_idx].update(self, batch)

@@ -109,21 +109,32 @@ def frozen(model: nn.Module):
 
 def optimize_value(model: nn.Module, tok, module: str, prompts: list[str], subject: str, target: str,
                    kl_prompts: list[str], steps: int, lr: float, weight_decay: float, kl_factor: float,
-                   clamp_norm_factor: float, stop_loss: float = 5e-2) -> tuple[torch.Tensor, torch.Tensor]:
+                   clamp_norm_factor: float, stop_loss: float = 5e-2,
+                   autocast: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`(v*, v0)`: the output of `module` at the subject's last token that makes `target` likely.
 
     `prompts[0]` is the bare edit prompt (v0 is the module's output there); every prompt is followed by the
     target's tokens (teacher forced). Loss = mean NLL of the target + kl_factor · KL(P₀ ‖ P_δ) at the subject
     of `kl_prompts` + weight_decay · ‖δ‖ / ‖v0‖²; Adam on δ, with ‖δ‖ ≤ clamp_norm_factor · ‖v0‖ after each step.
+    Rows are left-padded so every needed logit sits in the last few positions: only those are computed.
+    `autocast` runs the forward passes in that dtype (δ and the result stay float32).
     """
     device = next(model.parameters()).device
     tgt = tok(continuation(target), add_special_tokens=False)["input_ids"]
     rows = [tok(p)["input_ids"] + tgt[:-1] for p in prompts] + [tok(k)["input_ids"] for k in kl_prompts]
     pos = [subject_last(tok, p, subject) for p in prompts] + [subject_last(tok, k, subject) for k in kl_prompts]
-    ids, mask = _right_pad(rows, _pad_id(tok), device)
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), _pad_id(tok), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
+    ids, mask = ids.to(device), mask.to(device)
+    position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
     n_rw, all_rows = len(prompts), torch.arange(len(rows), device=device)
-    pos_t = torch.tensor(pos, device=device)
-    starts = [len(tok(p)["input_ids"]) - 1 for p in prompts]  # the logit there predicts the first target token
+    pos_t = torch.tensor([width - len(r) + p for r, p in zip(rows, pos)], device=device)
+    from_end = [len(r) - p for r, p in zip(rows[n_rw:], pos[n_rw:])]
+    keep = max([len(tgt), *from_end])  # logits needed: the target's and the KL prompts' subject positions
+    kl_at = torch.tensor([keep - f for f in from_end], device=device)
     gold = torch.tensor(tgt, device=device)
     state: dict = {}
 
@@ -141,11 +152,14 @@ def optimize_value(model: nn.Module, tok, module: str, prompts: list[str], subje
         with frozen(model), torch.enable_grad():
             opt = None
             for _ in range(steps):
-                logp = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float().log_softmax(-1)
+                with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+                    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False,
+                                   logits_to_keep=keep).logits
+                logp = logits.float().log_softmax(-1)
                 if opt is None:
                     opt = torch.optim.Adam([state["delta"]], lr=lr)
-                nll = torch.stack([-logp[i, s:s + len(tgt)].gather(-1, gold[:, None]).mean() for i, s in enumerate(starts)]).mean()
-                kl_now = logp[all_rows[n_rw:], pos_t[n_rw:]]
+                nll = -logp[:n_rw, keep - len(tgt):].gather(-1, gold.expand(n_rw, -1)[..., None]).mean()
+                kl_now = logp[all_rows[n_rw:], kl_at]
                 state.setdefault("kl0", kl_now.detach())
                 kl = nn.functional.kl_div(kl_now, state["kl0"], log_target=True, reduction="batchmean")
                 v0, delta = state["v0"], state["delta"]

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -28,6 +29,8 @@ class MEMITConfig:
     v_weight_decay: float = 1e-3
     clamp_norm_factor: float = 4.0
     kl_factor: float = 0.0625
+    v_autocast: Optional[str] = None
+    """Run the target optimisation's forward passes in this dtype (`bfloat16` on CPUs with AMX)."""
     mom2_update_weight: float = 15000.0
     """λ: weight of the preserved-keys term λC against the new keys KKᵀ."""
     mom2_n_tokens: int = 100_000
@@ -36,13 +39,16 @@ class MEMITConfig:
     """MEMIT: the bare prompt plus 5 sampled prefixes of 10 tokens."""
 
 
-def compute_z(model, tok, block: str, request: EditRequest, templates: list[str], hp: MEMITConfig) -> torch.Tensor:
-    """z: the hidden state at the output of `block` (subject's last token) that makes `target_new` likely."""
+def compute_z(model, tok, block: str, request: EditRequest, templates: list[str], hp: MEMITConfig,
+              h0: torch.Tensor) -> torch.Tensor:
+    """z = h0 + δ: the hidden state at the output of `block` (subject's last token) that makes `target_new`
+    likely; `h0` is the float32 hidden state there in the bare prompt."""
     prompts = [t.format(request.prompt) for t in templates]
-    z, _ = optimize_value(model, tok, block, prompts, request.subject, request.target_new,
-                          [f"{request.subject} is a"], hp.v_num_grad_steps, hp.v_lr, hp.v_weight_decay,
-                          hp.kl_factor, hp.clamp_norm_factor)
-    return z
+    z, h0_seen = optimize_value(model, tok, block, prompts, request.subject, request.target_new,
+                                [f"{request.subject} is a"], hp.v_num_grad_steps, hp.v_lr, hp.v_weight_decay,
+                                hp.kl_factor, hp.clamp_norm_factor,
+                                autocast=getattr(torch, hp.v_autocast) if hp.v_autocast else None)
+    return h0 + (z - h0_seen)
 
 
 def layer_keys(model, tok, module: str, requests: list[EditRequest], templates: list[str]) -> torch.Tensor:
@@ -72,18 +78,20 @@ class MEMIT(EditModule):
         """Context templates and key statistics come from the unedited model, once per run."""
         self._templates = context_templates(self.model, self.tokenizer, self.hp.context_template_length_params,
                                             self.cfg.seed)
-        self.second_moments(self._rewrite_modules(), self.hp.mom2_n_tokens, self.hp.mom2_seq_len)
+        self.second_moments(self.statistics_modules(), self.hp.mom2_n_tokens, self.hp.mom2_seq_len)
 
-    def _rewrite_modules(self) -> list[str]:
+    def statistics_modules(self) -> list[str]:
         return [self.module_name("mlp_out", layer) for layer in self.hp.layers]
 
     def compute_deltas(self, requests: list[EditRequest]) -> Deltas:
-        modules = self._rewrite_modules()
+        modules = self.statistics_modules()
         C = self.second_moments(modules, self.hp.mom2_n_tokens, self.hp.mom2_seq_len)
         block = self.module_name("layer", self.hp.layers[-1])
-        Z = torch.stack([compute_z(self.model, self.tokenizer, block, r, self._templates, self.hp) for r in requests], 1)
         prompts = [r.prompt for r in requests]
         positions = [subject_last(self.tokenizer, r.prompt, r.subject) for r in requests]
+        H0 = keys_at(self.model, self.tokenizer, block, prompts, positions)[1]
+        Z = torch.stack([compute_z(self.model, self.tokenizer, block, r, self._templates, self.hp, h0)
+                         for r, h0 in zip(requests, H0)], 1)
         total: Deltas = {}
         originals = {m: self.model.get_parameter(f"{m}.weight").detach().clone() for m in modules}
         with torch.no_grad():

@@ -10,6 +10,7 @@ to a value that makes the target likely.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -31,6 +32,9 @@ class ROMEConfig:
     v_weight_decay: float = 1e-3
     clamp_norm_factor: float = 4.0
     kl_factor: float = 0.0625
+    v_autocast: Optional[str] = None
+    """Run the value optimisation's forward passes in this dtype (`bfloat16`: ~2x faster on CPUs with AMX);
+    v0, the keys and the update stay float32."""
     mom2_adjustment: bool = False
     """Whiten the key with the inverse second moment C⁻¹ (original ROME: on; the paper's runs: off)."""
     mom2_n_tokens: int = 100_000
@@ -49,13 +53,19 @@ def compute_u(model, tok, module: str, request: EditRequest, templates: list[str
     return (u / u.norm()).float()
 
 
-def compute_v(model, tok, module: str, request: EditRequest, templates: list[str], hp: ROMEConfig) -> torch.Tensor:
-    """v*: the module output at the subject's last token that makes `target_new` follow every template."""
+def compute_v(model, tok, module: str, request: EditRequest, templates: list[str], hp: ROMEConfig,
+              v0: torch.Tensor) -> torch.Tensor:
+    """v* = v0 + δ: the module output at the subject's last token that makes `target_new` follow every
+    template; `v0` is the float32 output there in the bare prompt."""
     prompts = [t.format(request.prompt) for t in templates]
-    v_star, _ = optimize_value(model, tok, module, prompts, request.subject, request.target_new,
-                               [f"{request.subject} is a"], hp.v_num_grad_steps, hp.v_lr, hp.v_weight_decay,
-                               hp.kl_factor, hp.clamp_norm_factor)
-    return v_star
+    v_star, v0_seen = optimize_value(model, tok, module, prompts, request.subject, request.target_new,
+                                     [f"{request.subject} is a"], hp.v_num_grad_steps, hp.v_lr, hp.v_weight_decay,
+                                     hp.kl_factor, hp.clamp_norm_factor, autocast=_dtype(hp.v_autocast))
+    return v0 + (v_star - v0_seen)
+
+
+def _dtype(name: str | None) -> torch.dtype | None:
+    return getattr(torch, name) if name else None
 
 
 def rank_one_update(u: torch.Tensor, k_star: torch.Tensor, out_star: torch.Tensor, v_star: torch.Tensor) -> torch.Tensor:
@@ -72,7 +82,10 @@ class ROME(EditModule):
         self._templates = context_templates(self.model, self.tokenizer, self.hp.context_template_length_params,
                                             self.cfg.seed)
         if self.hp.mom2_adjustment:
-            self.second_moments([self._rewrite_module()], self.hp.mom2_n_tokens, self.hp.mom2_seq_len)
+            self.second_moments(self.statistics_modules(), self.hp.mom2_n_tokens, self.hp.mom2_seq_len)
+
+    def statistics_modules(self) -> list[str]:
+        return [self._rewrite_module()]
 
     def _rewrite_module(self) -> str:
         return self.module_name("mlp_out", self.hp.layer)
@@ -86,9 +99,9 @@ class ROME(EditModule):
             try:
                 for request in requests:
                     u = compute_u(self.model, self.tokenizer, module, request, self._templates, C)
-                    v_star = compute_v(self.model, self.tokenizer, module, request, self._templates, self.hp)
                     k_star, out_star = keys_at(self.model, self.tokenizer, module, [request.prompt],
                                                [subject_last(self.tokenizer, request.prompt, request.subject)])
+                    v_star = compute_v(self.model, self.tokenizer, module, request, self._templates, self.hp, out_star[0])
                     delta = rank_one_update(u, k_star[0], out_star[0], v_star)
                     name, stored = to_param_layout(self.model, module, delta)
                     weight = self.model.get_parameter(name)

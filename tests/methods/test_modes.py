@@ -1,0 +1,50 @@
+"""ROME and MEMIT through the whole edit run, in every mode; the collapse guard; `editharm stats`."""
+import pytest
+
+from editharm.__main__ import edit, main
+from tests.conftest import client
+
+BASE = ["model=tiny-llama", "tasks.names=[]", "probe.n_tokens=512", "probe.chunk_tokens=128",
+        "tracking.log_checkpoint=false", "method.v_num_grad_steps=5", "method.context_template_length_params=[[3,5]]",
+        "method.mom2_n_tokens=512", "method.mom2_seq_len=32"]
+METHOD = {"rome": ["method=rome", "method.layer=0"], "memit": ["method=memit", "method.layers=[0]"]}
+MODES = {
+    "single": (["edits.mode=single", "edits.n=2", "edits.eval_every=1"], [0, 1, 2]),
+    "instance-sequential": (["edits.n=2", "edits.eval_every=1"], [0, 1, 2]),
+    "batch": (["edits=zsre-batch", "edits.n=3"], [0, 3]),
+    "batch-sequential": (["edits.mode=batch-sequential", "edits.n=4", "edits.batch_size=2", "edits.eval_every=2"], [0, 2, 4]),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize("method", sorted(METHOD))
+def test_every_mode_runs(env, method, mode):
+    args, steps = MODES[mode]
+    run_id = edit([*BASE, *METHOD[method], *args])
+    run = client().get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["mode"] == mode
+    assert [m.step for m in client().get_metric_history(run_id, "edit/zsre/efficacy_token_acc")] == steps
+    if method == "memit":
+        assert [a.path for a in client().list_artifacts(run_id, "stats")], "statistics logged to the run"
+
+
+def test_collapse_guard_reports_and_skips(env):
+    run_id = edit([*BASE, *METHOD["rome"], "edits.n=2", "edits.eval_every=1", "edits.max_rel_fro=1e-12"])
+    run = client().get_run(run_id)
+    assert run.data.metrics["edit/skipped"] == 2
+    assert any(k.startswith("skipped_edit.") and "max_rel_fro" in v for k, v in run.data.tags.items())
+    assert not client().list_artifacts(run_id, "deltas")  # nothing was applied
+
+
+def test_stats_command_caches_and_logs(env, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDITHARM_CACHE_DIR", str(tmp_path / "cache"))
+    args = ["stats", "method=memit", "model=tiny-llama", "method.layers=[0,1]", "method.mom2_n_tokens=512",
+            "method.mom2_seq_len=32"]
+    assert main(args) == 0
+    files = sorted((tmp_path / "cache" / "stats").glob("*.safetensors"))
+    assert len(files) == 2
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    assert main(args) == 0
+    assert [f.stat().st_mtime_ns for f in files] == mtimes  # reused, not recomputed
+    assert main(["stats", "method=ft", "model=tiny-llama"]) == 2
+    assert "uses no key statistics" in capsys.readouterr().err
