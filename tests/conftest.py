@@ -138,7 +138,7 @@ def env(data_dir, tracking, tmp_path, monkeypatch) -> Path:
 
 
 # Fast, still real: FT on both MLP output layers of the tiny model, a short perplexity probe.
-TINY = ["model=tiny-llama", "tasks.names=[]", "method.layers=[0,1]", "method.norm_constraint=null", "method.lr=0.01",
+TINY = ["model=tiny-llama", "method=ft", "tasks.names=[]", "method.layers=[0,1]", "method.norm_constraint=null", "method.lr=0.01",
         "method.steps=10", "probe.n_tokens=512", "probe.chunk_tokens=128"]
 
 

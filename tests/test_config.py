@@ -15,7 +15,7 @@ def test_every_shipped_group_file_loads(group):
 
 
 def test_defaults_and_dotted_overrides_are_typed():
-    cfg = config.load(["model=tiny-llama", "edits.n=4", "edits.eval_every=2", "method.lr=1e-3",
+    cfg = config.load(["model=tiny-llama", "method=ft", "edits.n=4", "edits.eval_every=2", "method.lr=1e-3",
                        "method.layers=[0,1]", "method.norm_constraint=null"])
     assert cfg.edits.n == 4 and cfg.edits.eval_every == 2
     assert isinstance(cfg.method.lr, float) and cfg.method.lr == 1e-3
@@ -37,7 +37,7 @@ def test_unknown_key_lists_valid_keys():
 
 def test_unknown_method_key_lists_method_keys():
     with pytest.raises(ConfigError, match="norm_constraint"):
-        config.load(["method.learning_rate=0.1"])
+        config.load(["method=ft", "method.learning_rate=0.1"])
 
 
 def test_wrong_type_names_the_key():
@@ -81,9 +81,9 @@ def test_per_model_method_file_is_merged(tmp_path, monkeypatch):
     (tmp_path / "configs" / "method" / "ft").mkdir(exist_ok=True)
     (tmp_path / "configs" / "method" / "ft" / "tiny-gpt2.yaml").write_text("layers: [1]\nlr: 0.25\n")
     monkeypatch.setenv("EDITHARM_CONFIG_DIR", str(tmp_path / "configs"))
-    assert config.load(["model=tiny-gpt2"]).method.lr == 0.25
-    assert config.load(["model=tiny-gpt2", "method.lr=0.5"]).method.lr == 0.5  # the command line wins
-    assert config.load(["model=tiny-llama"]).method.lr != 0.25
+    assert config.load(["model=tiny-gpt2", "method=ft"]).method.lr == 0.25
+    assert config.load(["model=tiny-gpt2", "method=ft", "method.lr=0.5"]).method.lr == 0.5  # the command line wins
+    assert config.load(["model=tiny-llama", "method=ft"]).method.lr != 0.25
 
 
 def test_flatten_and_yaml_roundtrip():

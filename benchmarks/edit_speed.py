@@ -1,0 +1,82 @@
+"""Editing speed on a real model: key statistics with and without early exit, seconds per ROME/MEMIT edit.
+
+    python benchmarks/edit_speed.py                              # SmolLM2, layer 5, 10 CounterFact edits each
+    python benchmarks/edit_speed.py --tokens 16384 --edits 10 --layer 5
+
+Statistics throughput is measured on the same token chunks both ways; edit times are the median over
+`--edits` CounterFact requests with statistics already cached (their one-off cost is printed apart).
+Figures are printed and logged to MLflow (experiment `editharm-benchmarks`) unless --no-log.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics as st
+import time
+
+import torch
+
+from editharm import config, data, models, stats
+from editharm.registry import method
+
+
+def stats_throughput(model, tok, module: str, corpus, n_tokens: int, seq_len: int) -> dict[str, float]:
+    chunks = stats.token_chunks(tok, corpus, n_tokens, seq_len)
+    out = {}
+    for label, early in (("early_exit", True), ("full_forward", False)):
+        t0 = time.perf_counter()
+        stats.second_moments(model, [module], chunks, batch_size=8, early_exit=early, progress=False)
+        out[f"stats_{label}_tokens_per_s"] = chunks.numel() / (time.perf_counter() - t0)
+    out["stats_speedup"] = out["stats_early_exit_tokens_per_s"] / out["stats_full_forward_tokens_per_s"]
+    return out
+
+
+def edit_seconds(name: str, model_name: str, requests, overrides: list[str]) -> dict[str, float]:
+    cfg = config.load([f"model={model_name}", f"method={name}", *overrides])
+    model, tok = models.load(cfg.model, models.cache_root(cfg.cache_dir))
+    module = method(name)(cfg, model, tok, [], n_requests=len(requests))
+    t0 = time.perf_counter()
+    module.on_fit_start()  # templates, and statistics (from the cache when present)
+    setup = time.perf_counter() - t0
+    times = []
+    for r in requests:
+        t0 = time.perf_counter()
+        module.compute_deltas([r])
+        times.append(time.perf_counter() - t0)
+    return {f"{name}_setup_s": setup, f"{name}_median_s_per_edit": st.median(times), f"{name}_max_s_per_edit": max(times)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--layer", type=int, default=5, help="statistics layer (first third of the model)")
+    p.add_argument("--tokens", type=int, default=16384)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--edits", type=int, default=10)
+    p.add_argument("--no-log", action="store_true")
+    args = p.parse_args()
+
+    root = data.data_dir(None)
+    cfg = config.load([f"model={args.model}"])
+    model, tok = models.load(cfg.model, models.cache_root())
+    module = cfg.model.templates.mlp_out.format(args.layer)
+    figures = stats_throughput(model, tok, module, stats.load_corpus(root), args.tokens, args.seq_len)
+    print(f"statistics, {module}: early exit {figures['stats_early_exit_tokens_per_s']:.0f} tok/s, full forward "
+          f"{figures['stats_full_forward_tokens_per_s']:.0f} tok/s (x{figures['stats_speedup']:.2f}); "
+          f"torch threads {torch.get_num_threads()}")
+    requests, _ = data.load_requests(config.load(["edits=counterfact", f"edits.n={args.edits}"]).edits, root)
+    for name in ("rome", "memit"):
+        f = edit_seconds(name, args.model, requests, [])
+        figures.update(f)
+        print(f"{name}: median {f[f'{name}_median_s_per_edit']:.1f} s per edit (max {f[f'{name}_max_s_per_edit']:.1f}), "
+              f"setup {f[f'{name}_setup_s']:.1f} s")
+    if not args.no_log:
+        import mlflow
+
+        mlflow.set_experiment("editharm-benchmarks")
+        with mlflow.start_run(run_name=f"edit-speed-{args.model}"):
+            mlflow.log_params(vars(args))
+            mlflow.log_metrics({f"bench/{k}": v for k, v in figures.items()})
+
+
+if __name__ == "__main__":
+    main()
