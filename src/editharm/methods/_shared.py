@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -17,6 +19,22 @@ from editharm.nethook import get_module
 from editharm.scoring import continuation
 
 TEMPLATE_SEEDS = ("The", "Therefore", "Because", "I", "You")
+
+
+@dataclass
+class ValueStep:
+    """Hyperparameters ROME (its v*) and MEMIT (its z) share: the value optimisation and the statistics."""
+
+    v_num_grad_steps: int = 25
+    v_lr: float = 0.5
+    v_weight_decay: float = 1e-3
+    clamp_norm_factor: float = 4.0
+    kl_factor: float = 0.0625
+    v_autocast: Optional[str] = None
+    """Run the value optimisation's forward passes in this dtype (`bfloat16`: ~1.5x faster on CPUs with
+    AMX); the keys, the base value and the update stay float32."""
+    mom2_n_tokens: int = 100_000
+    mom2_seq_len: int = 256
 
 
 @torch.no_grad()
@@ -176,3 +194,15 @@ def optimize_value(model: nn.Module, tok, module: str, prompts: list[str], subje
     finally:
         handle.remove()
     return (state["v0"] + state["delta"].detach()), state["v0"]
+
+
+def target_value(model: nn.Module, tok, module: str, request, templates: list[str], step: ValueStep,
+                 base: torch.Tensor) -> torch.Tensor:
+    """base + δ, δ from `optimize_value` at `module` over the templated edit prompts; `base` is the float32
+    output of `module` at the subject in the bare prompt (so an autocast run only changes δ)."""
+    prompts = [t.format(request.prompt) for t in templates]
+    value, seen = optimize_value(model, tok, module, prompts, request.subject, request.target_new,
+                                 [f"{request.subject} is a"], step.v_num_grad_steps, step.v_lr, step.v_weight_decay,
+                                 step.kl_factor, step.clamp_norm_factor,
+                                 autocast=getattr(torch, step.v_autocast) if step.v_autocast else None)
+    return base + (value - seen)

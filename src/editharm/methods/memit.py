@@ -7,48 +7,33 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 
 from editharm.data import EditRequest
 from editharm.deltas import Deltas
-from editharm.methods._shared import context_templates, keys_at, optimize_value, subject_last
+from editharm.methods._shared import ValueStep, context_templates, keys_at, subject_last, target_value
 from editharm.module import EditModule
 from editharm.nethook import to_param_layout
 from editharm.registry import register_method
 
 
 @dataclass
-class MEMITConfig:
+class MEMITConfig(ValueStep):
     name: str = "memit"
     layers: list[int] = field(default_factory=lambda: [4, 5, 6, 7, 8])
     """MLP output projections to update; targets are set at the output of the last one's block."""
-    v_num_grad_steps: int = 25
-    v_lr: float = 0.5
-    v_weight_decay: float = 1e-3
-    clamp_norm_factor: float = 4.0
-    kl_factor: float = 0.0625
-    v_autocast: Optional[str] = None
-    """Run the target optimisation's forward passes in this dtype (`bfloat16` on CPUs with AMX)."""
     mom2_update_weight: float = 15000.0
     """λ: weight of the preserved-keys term λC against the new keys KKᵀ."""
-    mom2_n_tokens: int = 100_000
-    mom2_seq_len: int = 256
     context_template_length_params: list[list[int]] = field(default_factory=lambda: [[10, 5]])
     """MEMIT: the bare prompt plus 5 sampled prefixes of 10 tokens."""
 
 
-def compute_z(model, tok, block: str, request: EditRequest, templates: list[str], hp: MEMITConfig,
+def compute_z(model, tok, block: str, request: EditRequest, templates: list[str], hp: ValueStep,
               h0: torch.Tensor) -> torch.Tensor:
     """z = h0 + δ: the hidden state at the output of `block` (subject's last token) that makes `target_new`
     likely; `h0` is the float32 hidden state there in the bare prompt."""
-    prompts = [t.format(request.prompt) for t in templates]
-    z, h0_seen = optimize_value(model, tok, block, prompts, request.subject, request.target_new,
-                                [f"{request.subject} is a"], hp.v_num_grad_steps, hp.v_lr, hp.v_weight_decay,
-                                hp.kl_factor, hp.clamp_norm_factor,
-                                autocast=getattr(torch, hp.v_autocast) if hp.v_autocast else None)
-    return h0 + (z - h0_seen)
+    return target_value(model, tok, block, request, templates, hp, h0)
 
 
 def layer_keys(model, tok, module: str, requests: list[EditRequest], templates: list[str]) -> torch.Tensor:

@@ -10,35 +10,24 @@ to a value that makes the target likely.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 
 from editharm.data import EditRequest
 from editharm.deltas import Deltas
-from editharm.methods._shared import context_templates, keys_at, optimize_value, subject_last
+from editharm.methods._shared import ValueStep, context_templates, keys_at, subject_last, target_value
 from editharm.module import EditModule
 from editharm.nethook import to_param_layout
 from editharm.registry import register_method
 
 
 @dataclass
-class ROMEConfig:
+class ROMEConfig(ValueStep):
     name: str = "rome"
     layer: int = 5
     """The layer whose MLP output projection (`templates.mlp_out`) is rewritten."""
-    v_num_grad_steps: int = 25
-    v_lr: float = 0.5
-    v_weight_decay: float = 1e-3
-    clamp_norm_factor: float = 4.0
-    kl_factor: float = 0.0625
-    v_autocast: Optional[str] = None
-    """Run the value optimisation's forward passes in this dtype (`bfloat16`: ~2x faster on CPUs with AMX);
-    v0, the keys and the update stay float32."""
     mom2_adjustment: bool = False
     """Whiten the key with the inverse second moment C⁻¹ (original ROME: on; the paper's runs: off)."""
-    mom2_n_tokens: int = 100_000
-    mom2_seq_len: int = 256
     context_template_length_params: list[list[int]] = field(default_factory=lambda: [[5, 10], [10, 10]])
     """`[length, count]` pairs of sampled prefixes (ROME: 10 of 5 tokens and 10 of 10 tokens)."""
 
@@ -53,19 +42,11 @@ def compute_u(model, tok, module: str, request: EditRequest, templates: list[str
     return (u / u.norm()).float()
 
 
-def compute_v(model, tok, module: str, request: EditRequest, templates: list[str], hp: ROMEConfig,
+def compute_v(model, tok, module: str, request: EditRequest, templates: list[str], hp: ValueStep,
               v0: torch.Tensor) -> torch.Tensor:
     """v* = v0 + δ: the module output at the subject's last token that makes `target_new` follow every
     template; `v0` is the float32 output there in the bare prompt."""
-    prompts = [t.format(request.prompt) for t in templates]
-    v_star, v0_seen = optimize_value(model, tok, module, prompts, request.subject, request.target_new,
-                                     [f"{request.subject} is a"], hp.v_num_grad_steps, hp.v_lr, hp.v_weight_decay,
-                                     hp.kl_factor, hp.clamp_norm_factor, autocast=_dtype(hp.v_autocast))
-    return v0 + (v_star - v0_seen)
-
-
-def _dtype(name: str | None) -> torch.dtype | None:
-    return getattr(torch, name) if name else None
+    return target_value(model, tok, module, request, templates, hp, v0)
 
 
 def rank_one_update(u: torch.Tensor, k_star: torch.Tensor, out_star: torch.Tensor, v_star: torch.Tensor) -> torch.Tensor:
