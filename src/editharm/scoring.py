@@ -29,23 +29,33 @@ def continuation(target: str) -> str:
     return " " + target.strip()
 
 
+def pad_id(tok) -> int:
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
+def pad(rows: list[list[int]], tok, device, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(input_ids, attention_mask)` of token rows padded to one width, on the right or on the left."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id(tok), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        span = slice(width - len(r), width) if left else slice(0, len(r))
+        ids[i, span] = torch.tensor(r, dtype=torch.long)
+        mask[i, span] = 1
+    return ids.to(device), mask.to(device)
+
+
 def encode_pairs(tok, prompts: list[str], targets: list[str], device: torch.device | str = "cpu"):
     """Right-padded `(input_ids, attention_mask, labels)`; labels are IGNORE except on target tokens."""
     p_ids = tok(list(prompts), add_special_tokens=True)["input_ids"]
     t_ids = tok([continuation(t) for t in targets], add_special_tokens=False)["input_ids"]
     if any(len(t) == 0 for t in t_ids):
         raise ValueError("a target tokenises to zero tokens")
-    width = max(len(p) + len(t) for p, t in zip(p_ids, t_ids))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    ids = torch.full((len(p_ids), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
+    ids, mask = pad([p + t for p, t in zip(p_ids, t_ids)], tok, device)
     labels = torch.full_like(ids, IGNORE)
     for i, (p, t) in enumerate(zip(p_ids, t_ids)):
-        n = len(p) + len(t)
-        ids[i, :n] = torch.tensor(p + t)
-        mask[i, :n] = 1
-        labels[i, len(p):n] = torch.tensor(t)
-    return ids.to(device), mask.to(device), labels.to(device)
+        labels[i, len(p):len(p) + len(t)] = torch.tensor(t)
+    return ids, mask, labels
 
 
 def token_logprobs(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor):

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from editharm.nethook import get_module
-from editharm.scoring import continuation
+from editharm.scoring import continuation, pad
 
 TEMPLATE_SEEDS = ("The", "Therefore", "Because", "I", "You")
 
@@ -64,20 +64,6 @@ def subject_last(tok, text: str, subject: str) -> int:
     return len(tok(text[:end])["input_ids"]) - 1
 
 
-def _right_pad(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r)
-        mask[i, :len(r)] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _pad_id(tok) -> int:
-    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-
-
 class _Stop(Exception):
     pass
 
@@ -87,7 +73,7 @@ def keys_at(model: nn.Module, tok, module: str, texts: list[str], positions: lis
     """`(inputs, outputs)` of `module` at `positions[i]` of `texts[i]`, each (n, dim); the forward pass stops
     right after `module` has run."""
     device = next(model.parameters()).device
-    ids, mask = _right_pad([tok(t)["input_ids"] for t in texts], _pad_id(tok), device)
+    ids, mask = pad([tok(t)["input_ids"] for t in texts], tok, device)
     rows = torch.arange(len(texts), device=device)
     pos = torch.tensor(positions, device=device)
     got = {}
@@ -142,11 +128,7 @@ def optimize_value(model: nn.Module, tok, module: str, prompts: list[str], subje
     rows = [tok(p)["input_ids"] + tgt[:-1] for p in prompts] + [tok(k)["input_ids"] for k in kl_prompts]
     pos = [subject_last(tok, p, subject) for p in prompts] + [subject_last(tok, k, subject) for k in kl_prompts]
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), _pad_id(tok), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = pad(rows, tok, device, left=True)
     position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
     n_rw, all_rows = len(prompts), torch.arange(len(rows), device=device)
     pos_t = torch.tensor([width - len(r) + p for r, p in zip(rows, pos)], device=device)

@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
+from editharm.scoring import pad, pad_id
+
 
 class StopOnStrings(StoppingCriteria):
     """Marks a sequence done once its generated text contains one of `stops`."""
@@ -28,20 +30,6 @@ def cut_at_stop(text: str, stops: list[str]) -> str:
     return text[:cut]
 
 
-def _left_pad(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s)
-        mask[i, width - len(s):] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _pad_id(tok) -> int:
-    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-
-
 @torch.no_grad()
 def generate(model: nn.Module, tok, prompts: list[str], max_new_tokens: int, stop: list[str] | None = None,
              batch_size: int = 16) -> list[str]:
@@ -51,11 +39,11 @@ def generate(model: nn.Module, tok, prompts: list[str], max_new_tokens: int, sto
     encoded = [tok(p)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                              pad_token_id=_pad_id(tok), eos_token_id=tok.eos_token_id)
+                              pad_token_id=pad_id(tok), eos_token_id=tok.eos_token_id)
     out: list[str] = [""] * len(prompts)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        ids, mask = _left_pad([encoded[i] for i in chunk], _pad_id(tok), device)
+        ids, mask = pad([encoded[i] for i in chunk], tok, device, left=True)
         criteria = StoppingCriteriaList([StopOnStrings(tok, stop, ids.shape[1])]) if stop else None
         gen = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
                              stopping_criteria=criteria)
@@ -83,7 +71,7 @@ def choice_logliks(model: nn.Module, tok, contexts: list[str], choices: list[lis
 
 
 def _score_chunk(model, tok, ctx: list[list[int]], cont: list[list[list[int]]], device) -> list[list[float]]:
-    ids, mask = _left_pad(ctx, _pad_id(tok), device)
+    ids, mask = pad(ctx, tok, device, left=True)
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
     first = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
     last = first.logits[:, -1].float().log_softmax(-1)  # predicts every choice's first token
@@ -92,7 +80,7 @@ def _score_chunk(model, tok, ctx: list[list[int]], cont: list[list[list[int]]], 
     scores = [float(last[d, c[0]]) for d, c in zip(owner, flat)]
     longest = max(len(c) for c in flat)
     if longest > 1:  # the rest of each choice, fed on a copy of its context's cache
-        feed = torch.full((len(flat), longest - 1), _pad_id(tok), dtype=torch.long)
+        feed = torch.full((len(flat), longest - 1), pad_id(tok), dtype=torch.long)
         for j, c in enumerate(flat):
             feed[j, :len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
         idx = torch.tensor(owner, device=device)
