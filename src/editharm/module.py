@@ -101,8 +101,9 @@ class EditModule(L.LightningModule):
         start, self.n_edits = self.n_edits, self.n_edits + len(batch)
         self._last_batch = range(start, self.n_edits)
         metrics = {"time/edit_s": seconds / len(batch)}
-        summary = D.stats(self.model, deltas) if D.is_finite(deltas) else {}
-        problem = "non-finite" if not summary else self._collapse(summary)
+        finite = D.is_finite(deltas)
+        summary = D.stats(self.model, deltas) if finite else {}
+        problem = self._collapse(summary) if finite else "non-finite deltas"
         if problem:
             self.n_skipped += len(batch)
             metrics["edit/skipped"] = self.n_skipped
@@ -121,8 +122,10 @@ class EditModule(L.LightningModule):
     def _collapse(self, summary: dict[str, dict[str, float]]) -> str | None:
         """Why these deltas look like a collapse (‖ΔW‖/‖W‖ above `edits.max_rel_fro`), or None."""
         limit = self.cfg.edits.max_rel_fro
+        if limit is None or not summary:
+            return None
         worst = max(summary.items(), key=lambda kv: kv[1]["rel_fro"])
-        if limit is not None and worst[1]["rel_fro"] > limit:
+        if worst[1]["rel_fro"] > limit:
             return f"|dW|/|W| = {worst[1]['rel_fro']:.3g} on {worst[0]} exceeds edits.max_rel_fro={limit}"
         return None
 
