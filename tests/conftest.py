@@ -146,15 +146,11 @@ def client():
     """A client on the store the code under test uses ($MLFLOW_TRACKING_URI, set by the fixtures)."""
     import os
 
-    import mlflow
-
     return mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
 
 
 def read_artifact(run_id: str, path: str, dst: Path) -> Path:
     import os
-
-    import mlflow
 
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst),
                                                     tracking_uri=os.environ["MLFLOW_TRACKING_URI"]))

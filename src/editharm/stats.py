@@ -1,8 +1,8 @@
 """Second moments C = E[k kᵀ] of module inputs over a text corpus, with early exit, cached on disk.
 
     corpus = load_corpus(data_dir)
-    C = cached_second_moments(model, tok, ["model.layers.8.mlp.down_proj"], corpus, StatsSpec(...),
-                              model_id=models.identity(cfg.model), cache=cache_root / "stats")
+    C, paths = cached_second_moments(model, tok, ["model.layers.8.mlp.down_proj"], corpus, n_tokens=100_000,
+                                     seq_len=256, model_id=models.identity(cfg.model), cache=cache_root / "stats")
 
 The forward pass stops (by an exception raised in a forward hook) as soon as the deepest requested module
 has received its input: layers above it never run. Sums accumulate in float32. A cache file is keyed by
