@@ -7,16 +7,20 @@ Each layer is an ordinary `editharm edit` run (method=<method>, method.layer=L, 
 edits.mode=single, no ability tasks), created as a child of a parent run so the MLflow UI groups the sweep and
 compares the children. The table (efficacy / generalization / specificity success, token accuracies,
 median seconds per edit) is printed and, for a new sweep, logged to the parent as `sweep.md` and metrics
-with step = layer.
+with step = layer. With `--reference L`, a second table gives each layer's per-case success minus layer L's
+on the same cases, with a paired bootstrap 95 % interval (from the runs' `predictions/edit/` rows).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import json
 import statistics as st
 import subprocess
 import sys
+import tempfile
 
+import torch
 from mlflow import MlflowClient
 
 from editharm import tracking
@@ -42,11 +46,55 @@ def row(client: MlflowClient, run_id: str) -> dict[str, float | str]:
     return out
 
 
+def before(client: MlflowClient, run_id: str) -> dict[str, float | str]:
+    """The unedited model's figures on the same cases: a run's step-0 evaluation."""
+    out: dict[str, float | str] = {"layer": "before editing", "n": client.get_run(run_id).data.params["edits.n"]}
+    for name, key in COLUMNS.items():
+        out[name] = next(m.value for m in client.get_metric_history(run_id, key) if m.step == 0)
+    return out
+
+
+SUCCESS = ("efficacy", "generalization", "specificity")
+
+
+def case_successes(client: MlflowClient, run_id: str) -> torch.Tensor:
+    """(cases × 3) per-case efficacy / generalization / specificity success of a finished single-mode run,
+    in case order, from its final `predictions/edit/edits_<n>.jsonl`."""
+    n = client.get_run(run_id).data.params["edits.n"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run_id, f"predictions/edit/edits_{n}.jsonl", tmp)
+        rows = sorted((json.loads(line) for line in open(path)), key=lambda r: r["index"])
+    keys = [COLUMNS[name].rsplit("/", 1)[1] for name in SUCCESS]
+    return torch.tensor([[r[k] for k in keys] for r in rows], dtype=torch.float64)
+
+
+def paired_difference(a: torch.Tensor, b: torch.Tensor, n_bootstrap: int = 1000, seed: int = 0) -> torch.Tensor:
+    """Mean of a − b over cases (columns kept) with a paired bootstrap 95 % interval: (3, columns) = mean, lo, hi."""
+    d = a - b
+    g = torch.Generator().manual_seed(seed)
+    boot = d[torch.randint(len(d), (n_bootstrap, len(d)), generator=g)].mean(1)
+    return torch.cat([d.mean(0, keepdim=True), torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=d.dtype), dim=0)])
+
+
+def difference_table(client: MlflowClient, rows: list[dict], run_ids: list[str], reference: int) -> str:
+    done = {int(r["layer"]): rid for r, rid in zip(rows, run_ids) if "status" not in r}
+    if reference not in done:
+        raise SystemExit(f"--reference {reference}: no finished run for that layer (finished: {sorted(done)})")
+    base = case_successes(client, done[reference])
+    lines = [f"| layer | {' | '.join(f'{s} − layer {reference} [95 % CI]' for s in SUCCESS)} |", "|---|---|---|---|"]
+    for layer in sorted(done):
+        if layer != reference:
+            m, lo, hi = paired_difference(case_successes(client, done[layer]), base)
+            lines.append(f"| {layer} | " + " | ".join(f"{m[i]:+.2f} [{lo[i]:+.2f}, {hi[i]:+.2f}]"
+                                                       for i in range(len(SUCCESS))) + " |")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict[str, float | str]]) -> str:
     header = ["layer", "n", *COLUMNS, "median s per edit"]
     fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in sorted(rows, key=lambda r: int(r["layer"])):
+    for r in sorted(rows, key=lambda r: int(r["layer"]) if str(r["layer"]).isdigit() else -1):
         lines.append("| " + " | ".join(fmt(r.get(h, r.get("status", ""))) for h in header) + " |")
     return "\n".join(lines)
 
@@ -80,6 +128,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, nargs="+", default=[2, 4, 6, 8, 12])
     p.add_argument("--n", type=int, default=100, help="CounterFact edit-split cases per layer")
     p.add_argument("--experiment", default="editharm-sweeps")
+    p.add_argument("--reference", type=int, help="also tabulate paired differences against this layer")
     p.add_argument("--runs", nargs="+", help="summarize these existing runs instead of running a sweep")
     p.add_argument("overrides", nargs="*", help="extra config overrides for every run, e.g. model=tiny-llama")
     args = p.parse_args()
@@ -87,7 +136,10 @@ def main() -> None:
     client = MlflowClient(tracking.tracking_uri())
     parent, run_ids = (None, args.runs) if args.runs else sweep(client, args)
     rows = [row(client, r) for r in run_ids]
-    text = table(rows)
+    finished = [rid for r, rid in zip(rows, run_ids) if "status" not in r]
+    text = table(rows + [before(client, finished[0])] if finished else rows)
+    if args.reference is not None:
+        text += "\n\n" + difference_table(client, rows, run_ids, args.reference)
     print(text)
     if parent is not None:
         client.log_text(parent, text + "\n", "sweep.md")
