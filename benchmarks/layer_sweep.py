@@ -13,8 +13,8 @@ on the same cases, with a paired bootstrap 95 % interval (from the runs' `predic
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import statistics as st
 import subprocess
 import sys
@@ -23,7 +23,8 @@ import tempfile
 import torch
 from mlflow import MlflowClient
 
-from editharm import tracking
+from editharm import config, tracking
+from editharm.errors import EditharmError
 
 COLUMNS = {  # header: metric key of the final (running-mean) single-mode evaluation
     "efficacy": "edit/counterfact/efficacy_success",
@@ -99,6 +100,13 @@ def table(rows: list[dict[str, float | str]]) -> str:
     return "\n".join(lines)
 
 
+def overrides(args: argparse.Namespace, layer: int) -> list[str]:
+    """The `editharm edit` arguments of one layer's run."""
+    return [f"method={args.method}", f"method.layer={layer}", "edits=counterfact", "edits.mode=single",
+            f"edits.n={args.n}", "edits.eval_every=1", "tasks.names=[]", "probe.perplexity=false",
+            "tracking.log_checkpoint=false", f"tracking.experiment={args.experiment}", *args.overrides]
+
+
 def sweep(client: MlflowClient, args: argparse.Namespace) -> tuple[str, list[str]]:
     """Create the parent run, run one child per layer (each joins its run through $MLFLOW_RUN_ID)."""
     exp = client.get_experiment_by_name(args.experiment) or client.get_experiment(
@@ -113,10 +121,7 @@ def sweep(client: MlflowClient, args: argparse.Namespace) -> tuple[str, list[str
         child = client.create_run(exp.experiment_id, run_name=f"{args.method}-layer{layer}",
                                   tags={"mlflow.parentRunId": pid})
         children.append(child.info.run_id)
-        cmd = [sys.executable, "-m", "editharm", "edit", f"method={args.method}", f"method.layer={layer}",
-               "edits=counterfact", "edits.mode=single", f"edits.n={args.n}", "edits.eval_every=1",
-               "tasks.names=[]", "probe.perplexity=false", "tracking.log_checkpoint=false",
-               f"tracking.experiment={args.experiment}", *args.overrides]
+        cmd = [sys.executable, "-m", "editharm", "edit", *overrides(args, layer)]
         print(f"layer {layer}: run {child.info.run_id}", flush=True)
         subprocess.run(cmd, env={**os.environ, "MLFLOW_RUN_ID": child.info.run_id}, check=False)
     return pid, children
@@ -133,6 +138,11 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="extra config overrides for every run, e.g. model=tiny-llama")
     args = p.parse_args()
 
+    try:  # every layer's config is checked before any run is created
+        for layer in [] if args.runs else args.layers:
+            config.load(overrides(args, layer))
+    except EditharmError as err:
+        raise SystemExit(f"layer_sweep: error: {err}") from None
     client = MlflowClient(tracking.tracking_uri())
     parent, run_ids = (None, args.runs) if args.runs else sweep(client, args)
     rows = [row(client, r) for r in run_ids]

@@ -69,6 +69,18 @@ def test_inconsistent_edit_protocol_is_rejected(args, match):
         config.load(args)
 
 
+@pytest.mark.parametrize("args", [
+    ["model=tiny-llama", "method=rome", "method.layer=2"],
+    ["model=smollm2-135m", "method=rome", "method.layer=-1"],
+    ["model=tiny-gpt2", "method=memit", "method.layers=[0,1,5]"],
+    ["model=tiny-llama", "method=ft", "method.layers=[9]"],
+])
+def test_method_layers_must_exist_in_the_model(args):
+    with pytest.raises(ConfigError, match=r"out of range for model .* \(valid: 0 to"):
+        config.load(args)
+    config.load([*args[:2], "method.layers=[0,1]" if "memit" in args[1] or "ft" in args[1] else "method.layer=1"])
+
+
 def test_batch_mode_is_one_batch_of_n():
     cfg = config.load(["edits=zsre-batch", "edits.n=7"])
     assert (cfg.edits.batch_size, cfg.edits.eval_every) == (7, 7)

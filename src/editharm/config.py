@@ -249,6 +249,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"edits.n={e.n} must be a multiple of edits.batch_size={e.batch_size}")
     if cfg.tasks.limit is not None and cfg.tasks.limit < 1:
         raise ConfigError(f"tasks.limit must be >= 1 or null, got {cfg.tasks.limit}")
+    n_layers, m = cfg.model.n_layers, cfg.method
+    chosen = ([m.layer] if "layer" in m else []) + (list(m.layers) if "layers" in m else [])
+    if outside := [layer for layer in chosen if not 0 <= layer < n_layers]:
+        raise ConfigError(f"method {m.name}: layer(s) {outside} out of range for model '{cfg.model.name}', "
+                          f"which has {n_layers} layers (valid: 0 to {n_layers - 1})")
     if cfg.model.source == "hub" and not cfg.model.path:
         raise ConfigError(f"model '{cfg.model.name}' has source=hub but no model.path (hub id or local dir)")
 
