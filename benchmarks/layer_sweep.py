@@ -25,6 +25,7 @@ from mlflow import MlflowClient
 
 from editharm import config, tracking
 from editharm.errors import EditharmError
+from editharm.tasks.metrics import bootstrap, interval95
 
 COLUMNS = {  # header: metric key of the final (running-mean) single-mode evaluation
     "efficacy": "edit/counterfact/efficacy_success",
@@ -72,9 +73,7 @@ def case_successes(client: MlflowClient, run_id: str) -> torch.Tensor:
 def paired_difference(a: torch.Tensor, b: torch.Tensor, n_bootstrap: int = 1000, seed: int = 0) -> torch.Tensor:
     """Mean of a − b over cases (columns kept) with a paired bootstrap 95 % interval: (3, columns) = mean, lo, hi."""
     d = a - b
-    g = torch.Generator().manual_seed(seed)
-    boot = d[torch.randint(len(d), (n_bootstrap, len(d)), generator=g)].mean(1)
-    return torch.cat([d.mean(0, keepdim=True), torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=d.dtype), dim=0)])
+    return torch.cat([d.mean(0, keepdim=True), interval95(bootstrap(d, n_bootstrap, seed).mean(1))])
 
 
 def difference_table(client: MlflowClient, rows: list[dict], run_ids: list[str], reference: int) -> str:

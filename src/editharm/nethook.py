@@ -10,6 +10,18 @@ import torch
 from torch import nn
 
 
+class StopForward(Exception):
+    """Raised by a forward hook to end the forward pass early (its layers above never run); see `run_until`."""
+
+
+def run_until(model: nn.Module, **inputs) -> None:
+    """`model(**inputs)`, ended quietly where a hook raised `StopForward` (hooks keep what they captured)."""
+    try:
+        model(**inputs)
+    except StopForward:
+        pass
+
+
 def get_module(model: nn.Module, name: str) -> nn.Module:
     try:
         return model.get_submodule(name)

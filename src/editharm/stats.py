@@ -16,6 +16,7 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from editharm.errors import DataError
-from editharm.nethook import get_module
+from editharm.nethook import StopForward, get_module, run_until
 
 # Statistics corpora: never an evaluation split, and disjoint from the perplexity probe (WikiText-2 validation).
 CORPORA = {
@@ -38,7 +39,7 @@ class Corpus:
     name: str
     texts: tuple[str, ...]
 
-    @property
+    @cached_property
     def sha256(self) -> str:
         h = hashlib.sha256()
         for text in self.texts:
@@ -91,10 +92,6 @@ def token_chunks(tok, corpus: Corpus, n_tokens: int, seq_len: int) -> torch.Tens
     return torch.tensor(ids[: rows * seq_len]).view(rows, seq_len)
 
 
-class _Stop(Exception):
-    """Raised inside the forward pass once every requested module has seen its input."""
-
-
 @torch.no_grad()
 def second_moments(model: nn.Module, modules: list[str], chunks: torch.Tensor, batch_size: int = 8,
                    early_exit: bool = True, progress: bool = True) -> dict[str, torch.Tensor]:
@@ -110,17 +107,14 @@ def second_moments(model: nn.Module, modules: list[str], chunks: torch.Tensor, b
             sums[name] = sums[name] + x.T @ x if name in sums else x.T @ x
             seen.add(name)
             if early_exit and len(seen) == len(modules):
-                raise _Stop
+                raise StopForward
         return hook
 
     handles = [get_module(model, m).register_forward_pre_hook(hook_for(m)) for m in modules]
     try:
         for batch in tqdm(chunks.split(batch_size), desc="key statistics", disable=not progress):
             seen.clear()
-            try:
-                model(input_ids=batch.to(device), use_cache=False)
-            except _Stop:
-                pass
+            run_until(model, input_ids=batch.to(device), use_cache=False)
             count += batch.numel()
     finally:
         for h in handles:

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from editharm.nethook import get_module
+from editharm.nethook import StopForward, get_module, run_until
 from editharm.scoring import continuation, pad
 
 TEMPLATE_SEEDS = ("The", "Therefore", "Because", "I", "You")
@@ -64,10 +64,6 @@ def subject_last(tok, text: str, subject: str) -> int:
     return len(tok(text[:end])["input_ids"]) - 1
 
 
-class _Stop(Exception):
-    pass
-
-
 @torch.no_grad()
 def keys_at(model: nn.Module, tok, module: str, texts: list[str], positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """`(inputs, outputs)` of `module` at `positions[i]` of `texts[i]`, each (n, dim); the forward pass stops
@@ -81,13 +77,11 @@ def keys_at(model: nn.Module, tok, module: str, texts: list[str], positions: lis
     def hook(_m, args, out):
         got["in"] = args[0][rows, pos].float()
         got["out"] = _hidden(out)[rows, pos].float()
-        raise _Stop
+        raise StopForward
 
     handle = get_module(model, module).register_forward_hook(hook)
     try:
-        model(input_ids=ids, attention_mask=mask, use_cache=False)
-    except _Stop:
-        pass
+        run_until(model, input_ids=ids, attention_mask=mask, use_cache=False)
     finally:
         handle.remove()
     return got["in"], got["out"]

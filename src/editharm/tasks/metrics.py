@@ -19,6 +19,18 @@ from editharm.registry import register_metric
 N_BOOTSTRAP = 1000
 
 
+def bootstrap(rows: torch.Tensor, n_bootstrap: int, seed: int) -> torch.Tensor:
+    """`rows` resampled with replacement along the first dimension, `n_bootstrap` times (seeded):
+    shape (n_bootstrap, *rows.shape)."""
+    g = torch.Generator().manual_seed(seed)
+    return rows[torch.randint(len(rows), (n_bootstrap, len(rows)), generator=g)]
+
+
+def interval95(samples: torch.Tensor) -> torch.Tensor:
+    """The 2.5 % and 97.5 % quantiles of `samples` over its first dimension: shape (2, ...)."""
+    return torch.quantile(samples, torch.tensor([0.025, 0.975], dtype=samples.dtype), dim=0)
+
+
 class ExampleMetric(Metric):
     """Base: subclasses define `stats` (column names), `example` and, if not column means, `aggregate`."""
 
@@ -57,11 +69,8 @@ class ExampleMetric(Metric):
         order = index.argsort()
         rows, valid = rows[order], valid[order]
         out = {k: float(v) for k, v in self.aggregate(rows).items()}
-        g = torch.Generator().manual_seed(self.seed)
-        resample = torch.randint(len(rows), (self.n_bootstrap, len(rows)), generator=g)
-        q = torch.tensor([0.025, 0.975], dtype=torch.float64)
-        for name, boot in self.aggregate(rows[resample]).items():
-            lo, hi = torch.quantile(boot, q)
+        for name, boot in self.aggregate(bootstrap(rows, self.n_bootstrap, self.seed)).items():
+            lo, hi = interval95(boot)
             out[f"{name}_ci_low"], out[f"{name}_ci_high"] = float(lo), float(hi)
         out["n"] = float(len(rows))
         out["valid_rate"] = float(valid.mean())
