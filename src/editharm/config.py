@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
@@ -164,14 +165,25 @@ def group_names(group: str) -> list[str]:
 
 
 def split_args(argv: list[str]) -> list[str]:
-    """`key=value` arguments; an argument holding several (as `mlflow run` passes `overrides`) is split."""
+    """`key=value` arguments; an argument holding several (as `mlflow run` passes `overrides`) is split
+    shell-style, and one holding a single override with spaces (`method.context_templates=["{}", "A. {}"]`)
+    is kept as it is."""
     out = []
     for arg in argv:
-        out += shlex.split(arg) if any(c.isspace() for c in arg) else ([arg] if arg else [])
+        out += [arg] if len(_words(arg)) == 1 else _words(arg)
     bad = [a for a in out if "=" not in a]
     if bad:
         raise ConfigError(f"expected key=value arguments, got {bad}; e.g. `method=ft edits.n=4`")
     return out
+
+
+def _words(arg: str) -> list[str]:
+    if not any(c.isspace() for c in arg):
+        return [arg] if arg else []
+    try:
+        return shlex.split(arg)
+    except ValueError:  # an unbalanced quote: one override whose value holds it
+        return [arg]
 
 
 def load(argv: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -254,8 +266,22 @@ def validate(cfg: DictConfig) -> None:
     if outside := [layer for layer in chosen if not 0 <= layer < n_layers]:
         raise ConfigError(f"method {m.name}: layer(s) {outside} out of range for model '{cfg.model.name}', "
                           f"which has {n_layers} layers (valid: 0 to {n_layers - 1})")
+    if "v_num_grad_steps" in m and m.v_num_grad_steps < 1:
+        raise ConfigError(f"method.v_num_grad_steps counts loss evaluations and must be >= 1, got {m.v_num_grad_steps}")
+    if m.get("context_templates") is not None:
+        _check_templates(list(m.context_templates))
     if cfg.model.source == "hub" and not cfg.model.path:
         raise ConfigError(f"model '{cfg.model.name}' has source=hub but no model.path (hub id or local dir)")
+
+
+def _check_templates(templates: list[str]) -> None:
+    """Fixed context templates: the bare "{}" first (the value step's v0 and MEMIT's key average read it),
+    then prefixes each holding one "{}" and no other brace."""
+    bad = [t for t in templates if "{}" not in t or set("{}") & set(t.replace("{}", "", 1))]
+    if not templates or templates[0] != "{}" or bad:
+        raise ConfigError('method.context_templates must start with "{}" and hold one "{}" (no other brace) per '
+                          f'template, e.g. ["{{}}", "The weather is nice. {{}}"]; got {templates!r}'
+                          + (f" (bad: {bad!r})" if bad else ""))
 
 
 def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:
@@ -291,7 +317,7 @@ def _method_config(name: str | None) -> type:
 def _dotlist(args: list[str]) -> DictConfig:
     try:
         return OmegaConf.from_dotlist(args)
-    except OmegaConfBaseException as err:
+    except (OmegaConfBaseException, yaml.YAMLError) as err:
         raise ConfigError(f"cannot parse overrides {args}: {err}") from None
 
 

@@ -47,10 +47,17 @@ class EditModule(L.LightningModule):
         self._eval_t0 = 0.0
         self._copies: dict[torch.dtype, nn.Module] = {}  # not submodules: never saved, never moved
         self._stats: dict[str, torch.Tensor] = {}
+        self._measured: dict[str, list[float]] = {}
 
     def compute_deltas(self, requests: list[EditRequest]) -> D.Deltas:
         """The weight changes that make `requests` hold. Must leave the model as it found it."""
         raise NotImplementedError
+
+    def measured(self, prefix: str, values: dict[str, float]) -> None:
+        """Figures a method measured while computing this step's deltas (e.g. its value optimisation), logged
+        with the step's metrics as `<prefix>/<name>`: the mean over the step's calls (a batch's requests)."""
+        for name, value in values.items():
+            self._measured.setdefault(f"{prefix}/{name}", []).append(float(value))
 
     def statistics_modules(self) -> list[str]:
         """Modules whose input second moments the method uses (`editharm stats` precomputes them)."""
@@ -96,11 +103,13 @@ class EditModule(L.LightningModule):
     def training_step(self, batch: list[EditRequest], batch_idx: int) -> None:
         self.model.eval()  # Lightning switches to train mode for fit; edits are computed without dropout
         t0 = time.perf_counter()
+        self._measured = {}
         deltas = self.compute_deltas(batch)
         seconds = time.perf_counter() - t0
         start, self.n_edits = self.n_edits, self.n_edits + len(batch)
         self._last_batch = range(start, self.n_edits)
         metrics = {"time/edit_s": seconds / len(batch)}
+        metrics.update({name: sum(v) / len(v) for name, v in self._measured.items()})
         finite = D.is_finite(deltas)
         summary = D.stats(self.model, deltas) if finite else {}
         problem = self._collapse(summary) if finite else "non-finite deltas"

@@ -43,7 +43,7 @@ def test_rome_update_maps_the_subject_key_to_v_star(env, model_name):
     u = compute_u(m.model, m.tokenizer, module, r, m._templates, None)
     pos = [subject_last(m.tokenizer, r.prompt, r.subject)]
     k_star, out_star = keys_at(m.model, m.tokenizer, module, [r.prompt], pos)
-    v_star = compute_v(m.model, m.tokenizer, module, r, m._templates, m.hp, out_star[0])
+    v_star, _ = compute_v(m.model, m.tokenizer, module, r, m._templates, m.hp, out_star[0])
     name, stored = to_param_layout(m.model, module, rank_one_update(u, k_star[0], out_star[0], v_star))
     D.apply_(m.model, {name: stored})
     _, out_after = keys_at(m.model, m.tokenizer, module, [r.prompt], pos)

@@ -1,6 +1,6 @@
 """MEMIT (Meng et al., 2023): many edits at once, spread over a range of MLP output projections.
 
-    z_i = compute_z(...)           target hidden state at the last layer L of the range (shared `optimize_value`)
+    z_i = compute_z(...)           target hidden state at the last layer L of the range (`methods/value.py`, as ROME's v*)
     for l in layers (ascending):   K_l: keys of all requests under the current weights; R = Z − H_L
         ΔW_l = memit_update(R / (layers left), K_l, C_l, λ)  = R_l K_lᵀ (λ C_l + K_l K_lᵀ)⁻¹, applied before l+1
 """
@@ -12,7 +12,8 @@ import torch
 
 from editharm.data import EditRequest
 from editharm.deltas import Deltas
-from editharm.methods._shared import ValueStep, context_templates, keys_at, subject_last, target_value
+from editharm.methods._shared import keys_at, run_templates, subject_last
+from editharm.methods.value import ValueStep, ValueTrace, target_value
 from editharm.module import EditModule
 from editharm.nethook import to_param_layout
 from editharm.registry import register_method
@@ -30,9 +31,9 @@ class MEMITConfig(ValueStep):
 
 
 def compute_z(model, tok, block: str, request: EditRequest, templates: list[str], hp: ValueStep,
-              h0: torch.Tensor) -> torch.Tensor:
-    """z = h0 + δ: the hidden state at the output of `block` (subject's last token) that makes `target_new`
-    likely; `h0` is the float32 hidden state there in the bare prompt."""
+              h0: torch.Tensor) -> tuple[torch.Tensor, ValueTrace]:
+    """`(z, trace)`, z = h0 + δ: the hidden state at the output of `block` (subject's last token) that makes
+    `target_new` likely; `h0` is the float32 hidden state there in the bare prompt."""
     return target_value(model, tok, block, request, templates, hp, h0)
 
 
@@ -61,8 +62,7 @@ class MEMIT(EditModule):
 
     def on_fit_start(self) -> None:
         """Context templates and key statistics come from the unedited model, once per run."""
-        self._templates = context_templates(self.model, self.tokenizer, self.hp.context_template_length_params,
-                                            self.cfg.seed)
+        self._templates = run_templates(self.model, self.tokenizer, self.hp, self.cfg.seed)
         self.second_moments(self.statistics_modules(), self.hp.mom2_n_tokens, self.hp.mom2_seq_len)
 
     def statistics_modules(self) -> list[str]:
@@ -75,8 +75,12 @@ class MEMIT(EditModule):
         prompts = [r.prompt for r in requests]
         positions = [subject_last(self.tokenizer, r.prompt, r.subject) for r in requests]
         H0 = keys_at(self.model, self.tokenizer, block, prompts, positions)[1]
-        Z = torch.stack([compute_z(self.model, self.tokenizer, block, r, self._templates, self.hp, h0)
-                         for r, h0 in zip(requests, H0)], 1)
+        targets = []
+        for r, h0 in zip(requests, H0):
+            z, trace = compute_z(self.model, self.tokenizer, block, r, self._templates, self.hp, h0)
+            self.measured("value", trace.metrics())
+            targets.append(z)
+        Z = torch.stack(targets, 1)
         total: Deltas = {}
         originals = {m: self.model.get_parameter(f"{m}.weight").detach().clone() for m in modules}
         with torch.no_grad():

@@ -3,19 +3,21 @@ to a value that makes the target likely.
 
     u  = compute_u(...)       left vector: the subject key k̄ averaged over context templates, C⁻¹k̄ if
                               `mom2_adjustment`, normalised
-    v* = compute_v(...)       target value at the subject's last token (shared `optimize_value`)
+    v* = compute_v(...)       target value at the subject's last token (`methods/value.py`, shared with MEMIT)
     ΔW = rank_one_update(...) = (v* − W k* − b) uᵀ / (uᵀ k*), so that (W + ΔW) k* + b = v*,
                               k* the subject's key in the edit prompt itself
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
 from editharm.data import EditRequest
 from editharm.deltas import Deltas
-from editharm.methods._shared import ValueStep, context_templates, keys_at, subject_last, target_value
+from editharm.methods._shared import keys_at, run_templates, subject_last
+from editharm.methods.value import ValueStep, ValueTrace, target_value
 from editharm.module import EditModule
 from editharm.nethook import to_param_layout
 from editharm.registry import register_method
@@ -43,9 +45,9 @@ def compute_u(model, tok, module: str, request: EditRequest, templates: list[str
 
 
 def compute_v(model, tok, module: str, request: EditRequest, templates: list[str], hp: ValueStep,
-              v0: torch.Tensor) -> torch.Tensor:
-    """v* = v0 + δ: the module output at the subject's last token that makes `target_new` follow every
-    template; `v0` is the float32 output there in the bare prompt."""
+              v0: torch.Tensor) -> tuple[torch.Tensor, ValueTrace]:
+    """`(v*, trace)`, v* = v0 + δ: the module output at the subject's last token that makes `target_new`
+    follow every template; `v0` is the float32 output there in the bare prompt."""
     return target_value(model, tok, module, request, templates, hp, v0)
 
 
@@ -54,14 +56,36 @@ def rank_one_update(u: torch.Tensor, k_star: torch.Tensor, out_star: torch.Tenso
     return torch.outer((v_star - out_star) / (k_star @ u), u)
 
 
+class EditVectors(NamedTuple):
+    """One request's ROME quantities under the current weights (what a parity check compares)."""
+
+    u: torch.Tensor
+    k_star: torch.Tensor
+    out_star: torch.Tensor
+    """W k* + b: the module's output at the subject in the bare prompt."""
+    v_star: torch.Tensor
+    trace: ValueTrace
+
+    def delta(self) -> torch.Tensor:
+        return rank_one_update(self.u, self.k_star, self.out_star, self.v_star)
+
+
+def edit_vectors(model, tok, module: str, request: EditRequest, templates: list[str], hp: ValueStep,
+                 C: torch.Tensor | None) -> EditVectors:
+    """u, k*, W k* + b and v* of one request at `module`."""
+    u = compute_u(model, tok, module, request, templates, C)
+    k_star, out_star = keys_at(model, tok, module, [request.prompt], [subject_last(tok, request.prompt, request.subject)])
+    v_star, trace = compute_v(model, tok, module, request, templates, hp, out_star[0])
+    return EditVectors(u, k_star[0], out_star[0], v_star, trace)
+
+
 @register_method("rome", config=ROMEConfig)
 class ROME(EditModule):
     """Rank-one model editing; requests in a batch are applied one after another (ROME does not batch)."""
 
     def on_fit_start(self) -> None:
         """Context templates and key statistics come from the unedited model, once per run."""
-        self._templates = context_templates(self.model, self.tokenizer, self.hp.context_template_length_params,
-                                            self.cfg.seed)
+        self._templates = run_templates(self.model, self.tokenizer, self.hp, self.cfg.seed)
         if self.hp.mom2_adjustment:
             self.second_moments(self.statistics_modules(), self.hp.mom2_n_tokens, self.hp.mom2_seq_len)
 
@@ -79,12 +103,9 @@ class ROME(EditModule):
         with torch.no_grad():
             try:
                 for request in requests:
-                    u = compute_u(self.model, self.tokenizer, module, request, self._templates, C)
-                    k_star, out_star = keys_at(self.model, self.tokenizer, module, [request.prompt],
-                                               [subject_last(self.tokenizer, request.prompt, request.subject)])
-                    v_star = compute_v(self.model, self.tokenizer, module, request, self._templates, self.hp, out_star[0])
-                    delta = rank_one_update(u, k_star[0], out_star[0], v_star)
-                    name, stored = to_param_layout(self.model, module, delta)
+                    vectors = edit_vectors(self.model, self.tokenizer, module, request, self._templates, self.hp, C)
+                    self.measured("value", vectors.trace.metrics())
+                    name, stored = to_param_layout(self.model, module, vectors.delta())
                     weight = self.model.get_parameter(name)
                     weight.add_(stored.to(weight.dtype))  # later requests of the batch see earlier ones
                     total[name] = total.get(name, 0) + stored
