@@ -10,6 +10,7 @@ value of the wrong type fails with a `ConfigError` that lists what is valid.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,24 +167,25 @@ def group_names(group: str) -> list[str]:
 
 def split_args(argv: list[str]) -> list[str]:
     """`key=value` arguments; an argument holding several (as `mlflow run` passes `overrides`) is split
-    shell-style, and one holding a single override with spaces (`method.context_templates=["{}", "A. {}"]`)
-    is kept as it is."""
+    shell-style, and one holding a single override whose value has spaces
+    (`method.context_templates=["{}", "A. {}"]`) is kept as it is."""
     out = []
     for arg in argv:
-        out += [arg] if len(_words(arg)) == 1 else _words(arg)
+        out += _overrides(arg)
     bad = [a for a in out if "=" not in a]
     if bad:
         raise ConfigError(f"expected key=value arguments, got {bad}; e.g. `method=ft edits.n=4`")
     return out
 
 
-def _words(arg: str) -> list[str]:
+def _overrides(arg: str) -> list[str]:
     if not any(c.isspace() for c in arg):
         return [arg] if arg else []
     try:
-        return shlex.split(arg)
+        words = shlex.split(arg)
     except ValueError:  # an unbalanced quote: one override whose value holds it
         return [arg]
+    return words if len(words) > 1 and all(re.match(r"[\w.]+=", w) for w in words) else [arg]
 
 
 def load(argv: list[str] | tuple[str, ...] = ()) -> RunConfig:

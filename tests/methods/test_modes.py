@@ -24,6 +24,8 @@ def test_every_mode_runs(env, method, mode):
     run = client().get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["mode"] == mode
     assert [m.step for m in client().get_metric_history(run_id, "edit/zsre/efficacy_token_acc")] == steps
+    evals = [m.value for m in client().get_metric_history(run_id, "value/loss_evals")]
+    assert evals and all(1 <= e <= 5 for e in evals)  # the value step's trace, per edit step (5 evaluations at most)
     if method == "memit":
         assert [a.path for a in client().list_artifacts(run_id, "stats")], "statistics logged to the run"
 

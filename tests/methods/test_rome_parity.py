@@ -1,0 +1,37 @@
+"""Our ROME equals the reference implementation's (EasyEdit, the paper's code) on the embedded SmolLM2.
+
+Three of the fixture's eight cases, the ones whose value step stops early (11, 13 and 22 loss evaluations);
+`python benchmarks/rome_parity.py` prints all eight."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from editharm import models
+
+SPEC = importlib.util.spec_from_file_location("rome_parity", Path(__file__).parents[2] / "benchmarks" / "rome_parity.py")
+rome_parity = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(rome_parity)
+
+CASES = (5, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    readme, ref, requests = rome_parity.load_fixture()
+    cfg = rome_parity.fixture_config(readme)
+    model, tok = models.load(cfg.model, models.cache_root(cfg.cache_dir))
+    return readme, ref, requests, cfg, model, tok
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES)
+def test_rome_matches_the_reference_in_float32(reference, case):
+    readme, ref, requests, cfg, model, tok = reference
+    assert cfg.method.v_autocast is None and len(cfg.method.context_templates) == 21
+    ours = rome_parity.vectors(model, tok, cfg, requests[case], cfg.method.context_templates)
+    a = rome_parity.agreement(ours, ref, case)
+    assert a["k_star_rel"] < 1e-4 and a["u_rel"] < 1e-4
+    assert a["v_minus_Wk_rel"] < 1e-4, a
+    expected = next(c["n_loss_evals"] for c in readme["cases"] if c["case_id"] == case)
+    assert len(ours.trace.losses) == expected and ours.trace.updates == expected - 1
