@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_mlflow_run_creates_exactly_one_finished_run(env, tracking, tmp_path):
     mlflow_bin = Path(sys.executable).with_name("mlflow")
-    cmd = [str(mlflow_bin), "run", str(REPO), "-P", "method=ft", "-P", "model=tiny-llama",
+    cmd = [str(mlflow_bin), "run", str(REPO), "-P", "method=ft", "-P", "model=tiny-llama", "-P", "guard=rect",
            "-P", "overrides=edits.n=2 edits.eval_every=1 probe.n_tokens=512 probe.chunk_tokens=128",
            "--env-manager", "local"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
@@ -26,4 +26,5 @@ def test_mlflow_run_creates_exactly_one_finished_run(env, tracking, tmp_path):
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.tags["mlflow.source.type"] == "PROJECT"
     assert run.data.params["edits.n"] == "2" and run.data.tags["model"] == "tiny-llama"
+    assert run.data.tags["guard"] == "rect" and run.data.params["guard.k"] == "0.4"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "edit/zsre/efficacy_token_acc")] == [0, 1, 2]

@@ -26,6 +26,10 @@ def _setup(argv: list[str], edits: bool):
     requests, success = data.load_requests(cfg.edits, root) if edits else ([], False)
     tasks = [load_task(name, cfg.tasks.protocol, root, cfg.tasks.limit, cfg.tasks.seed) for name in cfg.tasks.names]
     probe = data.read_probe_text(root, cfg.probe.n_tokens * 8) if cfg.probe.perplexity else None
+    if edits and hasattr(cfg.guard, "mom2_n_tokens"):  # a guard built on key statistics: its corpus, up front
+        from editharm import stats
+
+        stats.load_corpus(root)
     return tree, cfg, requests, success, tasks, probe
 
 
@@ -81,9 +85,11 @@ def edit(argv: list[str]) -> str:
     e = cfg.edits
     every = min(e.eval_every, e.n)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    with tracking.start(cfg, f"{cfg.method.name}-{cfg.model.name}-{e.mode}-n{e.n}") as logger:
+    g = cfg.guard
+    shaped = "" if g.name == "none" else f"-{g.name}{getattr(g, 'k', '')}"
+    with tracking.start(cfg, f"{cfg.method.name}-{cfg.model.name}-{e.mode}-n{e.n}{shaped}") as logger:
         _log_run(logger, cfg, tree, tasks, kind="edit", method=cfg.method.name, mode=e.mode, eval_every=every,
-                 edits_dataset=e.dataset)
+                 edits_dataset=e.dataset, guard=g.name)
         model, tok = _model(cfg)
         dataset = Path(e.dataset).stem if e.dataset.endswith(".jsonl") else e.dataset
         evaluators = [EditEvaluator(requests, _metric_name(dataset), success, e.eval_batch_size),
@@ -120,7 +126,8 @@ def evaluate(argv: list[str]) -> str:
 
 
 def statistics(argv: list[str]) -> str:
-    """Precompute the configured method's key statistics (`method.mom2_*`) into the cache, in one run."""
+    """Precompute the key statistics the configured method (`method.mom2_*`) and guard (`guard.mom2_*`) use
+    into the cache, in one run."""
     from editharm import config, data, models, registry, stats, tracking
 
     _quiet_lightning()
@@ -131,12 +138,15 @@ def statistics(argv: list[str]) -> str:
         _log_run(logger, cfg, tree, [], kind="stats", method=cfg.method.name)
         model, tok = _model(cfg)
         module = registry.method(cfg.method.name)(cfg, model, tok, [], 0)
-        names = module.statistics_modules()
-        if not names:
-            raise EditharmError(f"method {cfg.method.name} uses no key statistics")
-        _, paths = stats.cached_second_moments(model, tok, names, corpus, cfg.method.mom2_n_tokens,
-                                               cfg.method.mom2_seq_len, models.identity(cfg.model),
-                                               models.cache_root(cfg.cache_dir) / "stats")
+        wanted = [(module.statistics_modules(), cfg.method), (module.guard_statistics_modules(), cfg.guard)]
+        if not any(names for names, _ in wanted):
+            raise EditharmError(f"method {cfg.method.name} with guard {cfg.guard.name} uses no key statistics")
+        paths = {}
+        for names, hp in wanted:
+            if names:
+                paths.update(stats.cached_second_moments(model, tok, names, corpus, hp.mom2_n_tokens, hp.mom2_seq_len,
+                                                         models.identity(cfg.model),
+                                                         models.cache_root(cfg.cache_dir) / "stats")[1])
         tracking.log_files(logger, "stats", list(paths.values()))
         for name, path in paths.items():
             print(f"{name}: {path}")

@@ -22,7 +22,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from editharm.errors import ConfigError
 
-GROUPS = ("model", "method", "edits")
+GROUPS = ("model", "method", "edits", "guard")
 MODES = ("single", "instance-sequential", "batch", "batch-sequential")
 MODEL_SOURCES = ("embedded", "tiny", "hub")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -136,6 +136,8 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     method: Any = None
     """The selected method's own config dataclass (see `editharm.methods`)."""
+    guard: Any = None
+    """The selected guard's config dataclass (see `editharm.guards`): what shapes each edit's ΔW."""
     edits: EditsConfig = field(default_factory=EditsConfig)
     tasks: TasksConfig = field(default_factory=TasksConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
@@ -207,6 +209,7 @@ def compose(argv: list[str] | tuple[str, ...] = ()) -> DictConfig:
         raw["method"] = {**raw["method"], **OmegaConf.to_container(OmegaConf.load(per_model))}
     schema = OmegaConf.structured(RunConfig)
     schema.method = OmegaConf.structured(_method_config(raw["method"].get("name")))
+    schema.guard = OmegaConf.structured(_guard_config(raw["guard"].get("name")))
     cfg = _merge(schema, OmegaConf.create(raw), _dotlist(dotted))
     validate(cfg)
     return cfg
@@ -272,6 +275,13 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"method.v_num_grad_steps counts loss evaluations and must be >= 1, got {m.v_num_grad_steps}")
     if m.get("context_templates") is not None:
         _check_templates(list(m.context_templates))
+    g = cfg.guard
+    if "k" in g and not 0 < g.k <= 1:
+        raise ConfigError(f"guard.k is the share of ΔW kept and must be in (0, 1], got {g.k} (guard={g.name})")
+    if g.get("rank") is not None and g.rank < 1:
+        raise ConfigError(f"guard.rank must be >= 1 or null (from guard.k), got {g.rank}")
+    if "threshold" in g and not 0 < g.threshold < 1:
+        raise ConfigError(f"guard.threshold is relative to the largest eigenvalue and must be in (0, 1), got {g.threshold}")
     if cfg.model.source == "hub" and not cfg.model.path:
         raise ConfigError(f"model '{cfg.model.name}' has source=hub but no model.path (hub id or local dir)")
 
@@ -314,6 +324,12 @@ def _method_config(name: str | None) -> type:
     if name not in valid:
         raise ConfigError(f"unknown method {name!r}; valid: {', '.join(valid)}")
     return registry.method(name).config_class
+
+
+def _guard_config(name: str | None) -> type:
+    from editharm import registry
+
+    return registry.guard(name).config_class
 
 
 def _dotlist(args: list[str]) -> DictConfig:

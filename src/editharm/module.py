@@ -17,10 +17,11 @@ import torch
 from torch import nn
 
 from editharm import deltas as D
-from editharm import models, stats, tracking
+from editharm import guards, models, registry, stats, tracking
 from editharm.config import RunConfig
 from editharm.data import EditRequest, data_dir
 from editharm.evaluators import EditEvaluator, Evaluator
+from editharm.nethook import get_module, get_parameter, is_transposed
 
 
 class EditModule(L.LightningModule):
@@ -48,6 +49,8 @@ class EditModule(L.LightningModule):
         self._copies: dict[torch.dtype, nn.Module] = {}  # not submodules: never saved, never moved
         self._stats: dict[str, torch.Tensor] = {}
         self._measured: dict[str, list[float]] = {}
+        self._guard = registry.guard(cfg.guard.name) if cfg.guard is not None else None
+        self._projectors: dict[str, torch.Tensor] = {}
 
     def compute_deltas(self, requests: list[EditRequest]) -> D.Deltas:
         """The weight changes that make `requests` hold. Must leave the model as it found it."""
@@ -62,6 +65,21 @@ class EditModule(L.LightningModule):
     def statistics_modules(self) -> list[str]:
         """Modules whose input second moments the method uses (`editharm stats` precomputes them)."""
         return []
+
+    def edited_modules(self) -> list[str]:
+        """Modules whose weights the method changes (guards that need their statistics read them up front)."""
+        return []
+
+    def guard_statistics_modules(self) -> list[str]:
+        """Modules whose statistics the configured guard needs (`editharm stats` precomputes these too)."""
+        return self.edited_modules() if self.cfg.guard is not None and self.cfg.guard.name == "nullspace" else []
+
+    def on_train_start(self) -> None:
+        """The null-space projectors of the edited modules, from their key statistics, before the first edit."""
+        g = self.cfg.guard
+        for module in self.guard_statistics_modules():
+            C = self.second_moments([module], g.mom2_n_tokens, g.mom2_seq_len)[module]
+            self._projectors[f"{module}.weight"] = guards.nullspace_projector(C, g.threshold)
 
     def second_moments(self, modules: list[str], n_tokens: int, seq_len: int) -> dict[str, torch.Tensor]:
         """E[k kᵀ] of each module's input over the statistics corpus: from the disk cache, or computed with
@@ -110,6 +128,9 @@ class EditModule(L.LightningModule):
         self._last_batch = range(start, self.n_edits)
         metrics = {"time/edit_s": seconds / len(batch)}
         metrics.update({name: sum(v) / len(v) for name, v in self._measured.items()})
+        if self._guard is not None and self.cfg.guard.name != "none" and D.is_finite(deltas):
+            deltas, shaped = self._guarded(deltas, start)
+            metrics.update(shaped)
         finite = D.is_finite(deltas)
         summary = D.stats(self.model, deltas) if finite else {}
         problem = self._collapse(summary) if finite else "non-finite deltas"
@@ -127,6 +148,23 @@ class EditModule(L.LightningModule):
             else:
                 self.cumulative = D.accumulate(self.cumulative, deltas)
         self._log(metrics)
+
+    @torch.no_grad()
+    def _guarded(self, deltas: D.Deltas, edit_index: int) -> tuple[D.Deltas, dict[str, float]]:
+        """The configured guard's ΔW̄ and, per parameter, the share of ΔW's nonzero elements it kept and
+        ‖ΔW̄‖/‖ΔW‖ (plus the guard's own figures), as `guard/<param>/<name>` metrics."""
+        t0 = time.perf_counter()
+        ctx = guards.GuardContext(
+            weights={n: get_parameter(self.model, n).detach() for n in deltas}, seed=self.cfg.seed,
+            edit_index=edit_index, projectors=self._projectors,
+            input_axis={n: 0 if is_transposed(get_module(self.model, n.rsplit(".", 1)[0])) else 1 for n in deltas})
+        shaped, extra = self._guard(deltas, self.cfg.guard, ctx)
+        metrics = {f"guard/{k}": v for k, v in extra.items()}
+        for n, d in deltas.items():
+            metrics[f"guard/{n}/kept"] = float((shaped[n] != 0).sum() / (d != 0).sum().clamp_min(1))
+            metrics[f"guard/{n}/norm_ratio"] = float(shaped[n].float().norm() / d.float().norm().clamp_min(D.EPS))
+        metrics["time/guard_s"] = time.perf_counter() - t0
+        return shaped, metrics
 
     def _collapse(self, summary: dict[str, dict[str, float]]) -> str | None:
         """Why these deltas look like a collapse (‖ΔW‖/‖W‖ above `edits.max_rel_fro`), or None."""

@@ -1,4 +1,4 @@
-"""The one registry: names to edit methods, task parsers, task metrics and document processors.
+"""The one registry: names to edit methods, guards, task parsers, task metrics and document processors.
 
 Each table is filled by a decorator where the thing is defined; lookups import the defining packages
 first, so a name is valid exactly when a module registers it.
@@ -10,6 +10,7 @@ from typing import Callable
 from editharm.errors import ConfigError
 
 METHODS: dict[str, type] = {}
+GUARDS: dict[str, Callable] = {}
 PARSERS: dict[str, Callable] = {}
 METRICS: dict[str, type] = {}
 PROCESSORS: dict[str, Callable] = {}
@@ -23,6 +24,18 @@ def register_method(name: str, config: type) -> Callable[[type], type]:
         cls.config_class = config
         METHODS[name] = cls
         return cls
+
+    return wrap
+
+
+def register_guard(name: str, config: type) -> Callable:
+    """Register a guard `(deltas, cfg, ctx) -> (deltas, metrics)` under `name`, with `config` as its typed
+    parameters (`editharm.guards`)."""
+
+    def wrap(fn: Callable) -> Callable:
+        fn.config_class = config
+        GUARDS[name] = fn
+        return fn
 
     return wrap
 
@@ -50,6 +63,7 @@ def register_processor(name: str) -> Callable:
 
 
 def _load_builtins() -> None:
+    import editharm.guards  # noqa: F401
     import editharm.methods  # noqa: F401
     import editharm.tasks  # noqa: F401
 
@@ -61,6 +75,10 @@ def method(name: str) -> type:
 def method_names() -> list[str]:
     _load_builtins()
     return sorted(METHODS)
+
+
+def guard(name: str) -> Callable:
+    return lookup(GUARDS, name, "guard")
 
 
 def lookup(table: dict, name: str, kind: str):

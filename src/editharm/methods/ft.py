@@ -71,6 +71,9 @@ def constrained_finetune(model: nn.Module, tok, prompts: list[str], targets: lis
 class FT(EditModule):
     """Constrained fine-tuning (FT-L) of `layers`' `module` weights."""
 
+    def edited_modules(self) -> list[str]:
+        return [self.module_name(self.hp.module, layer) for layer in self.hp.layers]
+
     def compute_deltas(self, requests):
         params = [f"{self.module_name(self.hp.module, layer)}.weight" for layer in self.hp.layers]
         return constrained_finetune(self.model, self.tokenizer, [r.prompt for r in requests],

@@ -68,6 +68,9 @@ class MEMIT(EditModule):
     def statistics_modules(self) -> list[str]:
         return [self.module_name("mlp_out", layer) for layer in self.hp.layers]
 
+    def edited_modules(self) -> list[str]:
+        return self.statistics_modules()
+
     def compute_deltas(self, requests: list[EditRequest]) -> Deltas:
         modules = self.statistics_modules()
         C = self.second_moments(modules, self.hp.mom2_n_tokens, self.hp.mom2_seq_len)

@@ -95,6 +95,9 @@ class ROME(EditModule):
     def _rewrite_module(self) -> str:
         return self.module_name("mlp_out", self.hp.layer)
 
+    def edited_modules(self) -> list[str]:
+        return [self._rewrite_module()]
+
     def compute_deltas(self, requests: list[EditRequest]) -> Deltas:
         module = self._rewrite_module()
         C = self.second_moments([module], self.hp.mom2_n_tokens, self.hp.mom2_seq_len)[module] if self.hp.mom2_adjustment else None
