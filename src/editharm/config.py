@@ -275,6 +275,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"method.v_num_grad_steps counts loss evaluations and must be >= 1, got {m.v_num_grad_steps}")
     if m.get("context_templates") is not None:
         _check_templates(list(m.context_templates))
+    if "nullspace_threshold" in m and not 0 < m.nullspace_threshold < 1:
+        raise ConfigError(f"method.nullspace_threshold is relative to the largest eigenvalue and must be in (0, 1), "
+                          f"got {m.nullspace_threshold}")
     g = cfg.guard
     if "k" in g and not 0 < g.k <= 1:
         raise ConfigError(f"guard.k is the share of ΔW kept and must be in (0, 1], got {g.k} (guard={g.name})")

@@ -66,6 +66,10 @@ class EditModule(L.LightningModule):
         """Modules whose input second moments the method uses (`editharm stats` precomputes them)."""
         return []
 
+    def edits_kept(self) -> None:
+        """Called after this step's deltas were applied to stay (not single mode, not refused): a method that
+        remembers what it edited (AlphaEdit's protected keys) records it here."""
+
     def edited_modules(self) -> list[str]:
         """Modules whose weights the method changes (guards that need their statistics read them up front)."""
         return []
@@ -147,6 +151,7 @@ class EditModule(L.LightningModule):
                 self._pending = deltas
             else:
                 self.cumulative = D.accumulate(self.cumulative, deltas)
+                self.edits_kept()
         self._log(metrics)
 
     @torch.no_grad()

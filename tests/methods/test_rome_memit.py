@@ -8,7 +8,8 @@ import torch
 from editharm import config, deltas as D, models, scoring
 from editharm.data import EditRequest
 from editharm.methods._shared import keys_at, subject_last
-from editharm.methods.memit import MEMIT, memit_update
+from editharm.guards import nullspace_projector
+from editharm.methods.memit import MEMIT, alphaedit_update, memit_update
 from editharm.methods.rome import ROME, compute_u, compute_v, rank_one_update
 from editharm.nethook import to_param_layout
 
@@ -93,3 +94,34 @@ def test_memit_batch_leaves_the_model_alone_and_raises_every_target(env, model_n
     assert set(deltas) == {m.module_name("mlp_out", i) + ".weight" for i in (0, 1)}
     D.apply_(m.model, deltas)
     assert all(a < b - 1e-3 for a, b in zip(_nll(m, REQUESTS), nll0))
+
+
+def test_alphaedit_update_solves_its_normal_equations_and_spares_protected_keys():
+    g = torch.Generator().manual_seed(0)
+    d, k, n = 5, 8, 2
+    basis = torch.randn(k, 3, generator=g)
+    K0 = basis @ torch.randn(3, 100, generator=g)  # preserved keys: a 3-dim subspace of the 8-dim input
+    P = nullspace_projector(K0 @ K0.T / 100, 1e-2)
+    R, K = torch.randn(d, n, generator=g), torch.randn(k, n, generator=g)
+    kp = P @ torch.randn(k, generator=g)  # a key edited earlier (inside the null space)
+    C_prev = 50.0 * torch.outer(kp, kp)
+    delta = alphaedit_update(R, K, P, C_prev, l2=1.0)
+    A = (K.double() @ K.double().T + C_prev.double()) @ P.double() + torch.eye(k, dtype=torch.float64)
+    torch.testing.assert_close(delta.double() @ A, R.double() @ K.double().T @ P.double(), rtol=1e-6, atol=1e-6)
+    k0 = basis @ torch.randn(3, generator=g)
+    W = torch.randn(d, k, generator=g)
+    torch.testing.assert_close((W + delta) @ k0, W @ k0, rtol=1e-4, atol=1e-4)  # (W + Δ) k₀ = W k₀
+    unprotected = alphaedit_update(R, K, P, torch.zeros(k, k), l2=1.0)
+    assert (delta @ kp).norm() < 0.2 * (unprotected @ kp).norm()  # earlier edits are protected too
+
+
+def test_alphaedit_remembers_only_kept_edits(env):
+    m = _module(MEMIT, "tiny-llama", "memit", "method.layers=[0]", "method.nullspace=true", BARE)
+    module = m.module_name("mlp_out", 0)
+    assert float(m._edited[module].abs().sum()) == 0
+    deltas = m.compute_deltas(REQUESTS[:1])
+    assert float(m._edited[module].abs().sum()) == 0  # computed, not yet kept
+    D.apply_(m.model, deltas)
+    m.edits_kept()
+    assert float(torch.trace(m._edited[module])) > 0
+    assert set(deltas) == {module + ".weight"} and D.is_finite(deltas)

@@ -3,6 +3,7 @@
     z_i = compute_z(...)           target hidden state at the last layer L of the range (`methods/value.py`, as ROME's v*)
     for l in layers (ascending):   K_l: keys of all requests under the current weights; R = Z − H_L
         ΔW_l = memit_update(R / (layers left), K_l, C_l, λ)  = R_l K_lᵀ (λ C_l + K_l K_lᵀ)⁻¹, applied before l+1
+    with `nullspace` (AlphaEdit): ΔW_l = alphaedit_update(...) = R_l K_lᵀ P_l ((K_l K_lᵀ + C_prev) P_l + I)⁻¹
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 
 from editharm.data import EditRequest
 from editharm.deltas import Deltas
+from editharm.guards import nullspace_projector
 from editharm.methods._shared import keys_at, run_templates, subject_last
 from editharm.methods.value import ValueStep, ValueTrace, target_value
 from editharm.module import EditModule
@@ -28,6 +30,14 @@ class MEMITConfig(ValueStep):
     """λ: weight of the preserved-keys term λC against the new keys KKᵀ."""
     context_template_length_params: list[list[int]] = field(default_factory=lambda: [[10, 5]])
     """MEMIT: the bare prompt plus 5 sampled prefixes of 10 tokens."""
+    nullspace: bool = False
+    """AlphaEdit (Fang et al., ICLR 2025): solve inside the null space of the preserved keys and of the keys
+    edited earlier in the run (`alphaedit_update`) instead of MEMIT's λC-weighted solve."""
+    nullspace_threshold: float = 1e-2
+    """Eigen-directions of C with eigenvalue below this share of λ_max(C) form P (AlphaEdit's own threshold,
+    2e-2, is absolute on its models' statistics; a share of λ_max transfers across models)."""
+    nullspace_l2: float = 1.0
+    """The ridge term of AlphaEdit's solve (its `L2`)."""
 
 
 def compute_z(model, tok, block: str, request: EditRequest, templates: list[str], hp: ValueStep,
@@ -56,14 +66,34 @@ def memit_update(R: torch.Tensor, K: torch.Tensor, C: torch.Tensor, lam: float) 
     return (R.double() @ torch.linalg.solve(A, K64).T).float()
 
 
+def alphaedit_update(R: torch.Tensor, K: torch.Tensor, P: torch.Tensor, C_prev: torch.Tensor, l2: float) -> torch.Tensor:
+    """Δ = R Kᵀ P ((K Kᵀ + C_prev) P + l2 I)⁻¹ (out × in), solved in float64: the least-squares change for the
+    new keys K within the null space P of the preserved keys, with C_prev = Σ K_p K_pᵀ of the keys edited
+    earlier protected too. For a preserved key k₀ (P k₀ = 0), Δ k₀ = 0."""
+    K64, P64 = K.double(), P.double()
+    A = (K64 @ K64.T + C_prev.double()) @ P64 + l2 * torch.eye(P.shape[0], dtype=torch.float64, device=P.device)
+    return torch.linalg.solve(A.T, P64 @ K64 @ R.double().T).T.float()
+
+
 @register_method("memit", config=MEMITConfig)
 class MEMIT(EditModule):
     """Mass editing: every batch of requests in one multi-layer update."""
 
     def on_fit_start(self) -> None:
-        """Context templates and key statistics come from the unedited model, once per run."""
+        """Context templates and key statistics come from the unedited model, once per run; with `nullspace`,
+        the projectors P and the (empty) record of edited keys."""
         self._templates = run_templates(self.model, self.tokenizer, self.hp, self.cfg.seed)
-        self.second_moments(self.statistics_modules(), self.hp.mom2_n_tokens, self.hp.mom2_seq_len)
+        C = self.second_moments(self.statistics_modules(), self.hp.mom2_n_tokens, self.hp.mom2_seq_len)
+        if self.hp.nullspace:
+            self._P = {m: nullspace_projector(c, self.hp.nullspace_threshold) for m, c in C.items()}
+            self._edited = {m: torch.zeros_like(c) for m, c in C.items()}
+            self._new_keys: dict[str, torch.Tensor] = {}
+
+    def edits_kept(self) -> None:
+        """AlphaEdit: the keys of the edit just kept are protected from later edits."""
+        if self.hp.nullspace:
+            for m, kk in self._new_keys.items():
+                self._edited[m] += kk
 
     def statistics_modules(self) -> list[str]:
         return [self.module_name("mlp_out", layer) for layer in self.hp.layers]
@@ -91,7 +121,12 @@ class MEMIT(EditModule):
                 for i, module in enumerate(modules):
                     K = layer_keys(self.model, self.tokenizer, module, requests, self._templates)
                     H = keys_at(self.model, self.tokenizer, block, prompts, positions)[1].T
-                    delta = memit_update((Z - H) / (len(modules) - i), K, C[module], self.hp.mom2_update_weight)
+                    R = (Z - H) / (len(modules) - i)
+                    if self.hp.nullspace:
+                        delta = alphaedit_update(R, K, self._P[module], self._edited[module], self.hp.nullspace_l2)
+                        self._new_keys[module] = K @ K.T
+                    else:
+                        delta = memit_update(R, K, C[module], self.hp.mom2_update_weight)
                     name, stored = to_param_layout(self.model, module, delta)
                     weight = self.model.get_parameter(name)
                     weight.add_(stored.to(weight.dtype))  # layer l+1 sees layer l's update
