@@ -1,69 +1,76 @@
-"""Paired comparison of finished single-mode CounterFact runs on the same cases: each run against a reference.
+"""Paired comparison of single-mode CounterFact runs on the same cases: each run against a reference run.
 
     python benchmarks/paired_runs.py --reference RUN_ID RUN_ID [RUN_ID ...]
 
 For two settings of one method (bfloat16 against float32, a code change before against after), run each as
 `editharm edit ... edits=counterfact edits.mode=single edits.n=100 edits.eval_every=1 tasks.names=[]
-probe.perplexity=false`, then give the run ids here. Prints one row per run (named by its MLflow run name):
-final efficacy / generalization / specificity success, token accuracies, median seconds per edit and mean
-value-step loss evaluations; then each run's per-case success minus the reference run's with a paired
-bootstrap 95 % interval (`layer_sweep.paired_difference`). Runs must have edited the same cases in the same
-order (checked on the case prompts). Tracking store: $MLFLOW_TRACKING_URI (or `--tracking-uri`).
+probe.perplexity=false`, then give the run ids here. A single-mode run logs the running mean of every edit
+metric after each edit, so each case's own success is recovered from the history
+(x_s = s · mean_s − (s − 1) · mean_{s−1}); runs that were stopped early are compared on the cases all of them
+reached (the `n` column says how many). Runs must draw the same edits (equal `edits.*` params).
+
+Prints one row per run (its MLflow run name and status): efficacy / generalization / specificity success and
+token accuracies over the compared cases, median seconds per edit, mean value-step loss evaluations; then each
+run's per-case success minus the reference run's, with a paired bootstrap 95 % interval
+(`layer_sweep.paired_difference`). Tracking store: $MLFLOW_TRACKING_URI or `--tracking-uri`.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import statistics as st
-import tempfile
 
-from layer_sweep import COLUMNS, SUCCESS, case_successes, paired_difference
+import torch
+from layer_sweep import COLUMNS, SUCCESS, paired_difference
 from mlflow import MlflowClient
 
 from editharm import tracking
 
-
-def summary(client: MlflowClient, run_id: str) -> dict[str, float | str]:
-    run = client.get_run(run_id)
-    if run.info.status != "FINISHED":
-        raise SystemExit(f"run {run_id} ({run.info.run_name}) is {run.info.status}, not FINISHED")
-    out: dict[str, float | str] = {"run": run.info.run_name, "n": run.data.params["edits.n"]}
-    out.update({name: run.data.metrics[key] for name, key in COLUMNS.items()})
-    history = lambda key: [m.value for m in client.get_metric_history(run_id, key)]  # noqa: E731
-    out["median s per edit"] = st.median(history("time/edit_s"))
-    evals = history("value/loss_evals")
-    out["value loss evals"] = st.mean(evals) if evals else float("nan")
-    return out
+SAME = ("edits.dataset", "edits.split", "edits.n", "edits.shuffle", "edits.seed", "edits.mode")
 
 
-def prompts(client: MlflowClient, run_id: str) -> list[str]:
-    """The edit prompts of a single-mode run's final evaluation, in case order."""
-    n = client.get_run(run_id).data.params["edits.n"]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = client.download_artifacts(run_id, f"predictions/edit/edits_{n}.jsonl", tmp)
-        rows = sorted((json.loads(line) for line in open(path)), key=lambda r: r["index"])
-    return [r["prompt"] for r in rows]
+def per_case(client: MlflowClient, run_id: str, key: str) -> list[float]:
+    """Each edited case's own value of a single-mode running-mean metric, in edit order."""
+    means = {m.step: m.value for m in client.get_metric_history(run_id, key) if m.step > 0}
+    steps = range(1, 1 + next(s for s in range(len(means) + 1) if s + 1 not in means))  # the unbroken prefix
+    return [s * means[s] - (s - 1) * means.get(s - 1, 0.0) for s in steps]
+
+
+def cases(client: MlflowClient, run_id: str) -> torch.Tensor:
+    """(cases × columns) of `COLUMNS`, per case, for the cases this run has finished."""
+    cols = [per_case(client, run_id, key) for key in COLUMNS.values()]
+    n = min(len(c) for c in cols)
+    return torch.tensor([c[:n] for c in cols], dtype=torch.float64).T.round(decimals=6)
 
 
 def compare(client: MlflowClient, reference: str, runs: list[str]) -> str:
     """The two tables: one row per run, then each run's paired per-case differences from `reference`."""
     ids = [reference, *[r for r in runs if r != reference]]
-    rows = [summary(client, r) for r in ids]
-    cases = prompts(client, reference)
+    info = {r: client.get_run(r) for r in ids}
+    ref_params = {k: info[reference].data.params.get(k) for k in SAME}
     for r in ids[1:]:
-        if prompts(client, r) != cases:
-            raise SystemExit(f"run {r} did not edit the reference run's cases in the same order: not paired")
-    header = ["run", "n", *COLUMNS, "median s per edit", "value loss evals"]
-    fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
+        if (got := {k: info[r].data.params.get(k) for k in SAME}) != ref_params:
+            raise SystemExit(f"run {r} drew other edits than the reference ({got} vs {ref_params}): not paired")
+    values = {r: cases(client, r) for r in ids}
+    n = min(len(v) for v in values.values())
+    if n == 0:
+        raise SystemExit("no case was finished by every run")
+    header = ["run", "status", "n", *COLUMNS, "median s per edit", "value loss evals"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(r[h]) for h in header) + " |" for r in rows]
-    base = case_successes(client, reference)
-    name = rows[0]["run"]
+    for r in ids:
+        edit_s = [m.value for m in client.get_metric_history(r, "time/edit_s")][:n]
+        evals = [m.value for m in client.get_metric_history(r, "value/loss_evals")][:n]
+        means = values[r][:n].mean(0).tolist()
+        lines.append(f"| {info[r].info.run_name} | {info[r].info.status} | {n} | "
+                     + " | ".join(f"{v:.2f}" for v in means)
+                     + f" | {st.median(edit_s):.1f} | {st.mean(evals) if evals else float('nan'):.1f} |")
+    name = info[reference].info.run_name
+    success = [list(COLUMNS).index(s) for s in SUCCESS]
     lines += ["", f"| run | {' | '.join(f'{s} − {name} [95 % CI]' for s in SUCCESS)} |", "|---|---|---|---|"]
-    for r, rid in zip(rows[1:], ids[1:]):
-        m, lo, hi = paired_difference(case_successes(client, rid), base)
-        lines.append(f"| {r['run']} | " + " | ".join(f"{m[i]:+.2f} [{lo[i]:+.2f}, {hi[i]:+.2f}]"
-                                                      for i in range(len(SUCCESS))) + " |")
+    base = values[reference][:n, success]
+    for r in ids[1:]:
+        m, lo, hi = paired_difference(values[r][:n, success], base)
+        lines.append(f"| {info[r].info.run_name} | " + " | ".join(f"{m[i]:+.2f} [{lo[i]:+.2f}, {hi[i]:+.2f}]"
+                                                               for i in range(len(SUCCESS))) + " |")
     return "\n".join(lines)
 
 

@@ -1,6 +1,5 @@
 """benchmarks/paired_runs.py: runs against a reference run, per case, only when they edited the same cases."""
 import importlib.util
-import json
 import sys
 from pathlib import Path
 
@@ -16,30 +15,37 @@ SPEC.loader.exec_module(paired_runs)
 sys.path.remove(str(BENCH))
 
 
-def _run(c, exp: str, name: str, specificity: list[int], prompts: list[str]) -> str:
+def _run(c, exp: str, name: str, specificity: list[int], status: str = "FINISHED", seed: int = 0) -> str:
+    """A single-mode run as the module logs it: running means of every edit metric after each edit."""
     run_id = c.create_run(exp, run_name=name).info.run_id
-    c.log_param(run_id, "edits.n", len(prompts))
+    for k, v in {"edits.dataset": "counterfact", "edits.n": 4, "edits.seed": seed, "edits.mode": "single"}.items():
+        c.log_param(run_id, k, v)
     for key in paired_runs.COLUMNS.values():
-        c.log_metric(run_id, key, 0.5, step=len(prompts))
-    for step, evals in enumerate([25, 11, 13, 25], 1):
-        c.log_metric(run_id, "time/edit_s", float(step), step=step)
-        c.log_metric(run_id, "value/loss_evals", evals, step=step)
-    rows = [{"index": i, "prompt": p, "efficacy_success": 1.0, "generalization_success": 1.0,
-             "locality_success": float(s)} for i, (p, s) in enumerate(zip(prompts, specificity))]
-    c.log_text(run_id, "\n".join(map(json.dumps, rows)), f"predictions/edit/edits_{len(prompts)}.jsonl")
-    c.set_terminated(run_id, "FINISHED")
+        c.log_metric(run_id, key, 0.0, step=0)  # the unedited model: not a case
+    for s in range(1, len(specificity) + 1):
+        c.log_metric(run_id, "edit/counterfact/locality_success", sum(specificity[:s]) / s, step=s)
+        for key in list(paired_runs.COLUMNS.values())[:2] + list(paired_runs.COLUMNS.values())[3:]:
+            c.log_metric(run_id, key, 1.0, step=s)
+        c.log_metric(run_id, "time/edit_s", float(s), step=s)
+        c.log_metric(run_id, "value/loss_evals", [25, 11, 13, 25][s - 1], step=s)
+    c.set_terminated(run_id, status)
     return run_id
 
 
-def test_compare_pairs_on_the_same_cases_and_refuses_others(tracking):
+def test_per_case_values_come_back_from_the_running_means(tracking):
+    c = client()
+    run = _run(c, c.create_experiment("paired"), "fp32", [1, 0, 1, 1])
+    assert paired_runs.per_case(c, run, "edit/counterfact/locality_success") == pytest.approx([1, 0, 1, 1])
+
+
+def test_compare_pairs_on_the_cases_all_runs_reached_and_refuses_other_edits(tracking):
     c = client()
     exp = c.create_experiment("paired")
-    prompts = ["a", "b", "c", "d"]
-    ref = _run(c, exp, "fp32", [1, 1, 0, 0], prompts)
-    fast = _run(c, exp, "bf16", [1, 0, 0, 0], prompts)
+    ref = _run(c, exp, "fp32", [1, 1, 0, 0])
+    fast = _run(c, exp, "bf16", [1, 0, 0], status="KILLED")  # stopped after 3 of 4 cases
     lines = paired_runs.compare(c, ref, [fast]).splitlines()
-    assert lines[2].startswith("| fp32 | 4 | 0.50") and lines[2].endswith("| 2.50 | 18.50 |")
-    assert lines[-1].startswith("| bf16 | +0.00 [+0.00, +0.00] | +0.00 [+0.00, +0.00] | -0.25 [")
-    other = _run(c, exp, "shuffled", [1, 1, 0, 0], ["b", "a", "c", "d"])
+    assert lines[2] == "| fp32 | FINISHED | 3 | 1.00 | 1.00 | 0.67 | 1.00 | 1.00 | 2.0 | 16.3 |"
+    assert lines[-1].startswith("| bf16 | +0.00 [+0.00, +0.00] | +0.00 [+0.00, +0.00] | -0.33 [")
+    other = _run(c, exp, "reseeded", [1, 1, 0, 0], seed=1)
     with pytest.raises(SystemExit, match="not paired"):
         paired_runs.compare(c, ref, [other])
