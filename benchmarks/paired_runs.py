@@ -9,9 +9,10 @@ metric after each edit, so each case's own success is recovered from the history
 (x_s = s · mean_s − (s − 1) · mean_{s−1}); runs that were stopped early are compared on the cases all of them
 reached (the `n` column says how many). Runs must draw the same edits (equal `edits.*` params).
 
-Prints one row per run (its MLflow run name and status): efficacy / generalization / specificity success and
-token accuracies over the compared cases, median seconds per edit, mean value-step loss evaluations; then each
-run's per-case success minus the reference run's, with a paired bootstrap 95 % interval
+Prints one row per run (its MLflow run name and status): efficacy / generalization / specificity success,
+token accuracies and the share of locality answer tokens unchanged over the compared cases, median seconds per
+edit, mean value-step loss evaluations; then each run's per-case values minus the reference run's, with a
+paired bootstrap 95 % interval
 (`layer_sweep.paired_difference`). Tracking store: $MLFLOW_TRACKING_URI or `--tracking-uri`.
 """
 from __future__ import annotations
@@ -20,11 +21,12 @@ import argparse
 import statistics as st
 
 import torch
-from layer_sweep import COLUMNS, SUCCESS, paired_difference
+from layer_sweep import COLUMNS, paired_difference
 from mlflow import MlflowClient
 
 from editharm import tracking
 
+KEYS = {**COLUMNS, "locality unchanged": "edit/counterfact/locality_unchanged"}
 SAME = ("edits.dataset", "edits.split", "edits.n", "edits.shuffle", "edits.seed", "edits.mode")
 
 
@@ -36,8 +38,8 @@ def per_case(client: MlflowClient, run_id: str, key: str) -> list[float]:
 
 
 def cases(client: MlflowClient, run_id: str) -> torch.Tensor:
-    """(cases × columns) of `COLUMNS`, per case, for the cases this run has finished."""
-    cols = [per_case(client, run_id, key) for key in COLUMNS.values()]
+    """(cases × columns) of `KEYS`, per case, for the cases this run has finished."""
+    cols = [per_case(client, run_id, key) for key in KEYS.values()]
     n = min(len(c) for c in cols)
     return torch.tensor([c[:n] for c in cols], dtype=torch.float64).T.round(decimals=6)
 
@@ -54,7 +56,7 @@ def compare(client: MlflowClient, reference: str, runs: list[str]) -> str:
     n = min(len(v) for v in values.values())
     if n == 0:
         raise SystemExit("no case was finished by every run")
-    header = ["run", "status", "n", *COLUMNS, "median s per edit", "value loss evals"]
+    header = ["run", "status", "n", *KEYS, "median s per edit", "value loss evals"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in ids:
         edit_s = [m.value for m in client.get_metric_history(r, "time/edit_s")][:n]
@@ -64,13 +66,11 @@ def compare(client: MlflowClient, reference: str, runs: list[str]) -> str:
                      + " | ".join(f"{v:.2f}" for v in means)
                      + f" | {st.median(edit_s):.1f} | {st.mean(evals) if evals else float('nan'):.1f} |")
     name = info[reference].info.run_name
-    success = [list(COLUMNS).index(s) for s in SUCCESS]
-    lines += ["", f"| run | {' | '.join(f'{s} − {name} [95 % CI]' for s in SUCCESS)} |", "|---|---|---|---|"]
-    base = values[reference][:n, success]
+    lines += ["", f"| run | {' | '.join(f'{k} − {name} [95 % CI]' for k in KEYS)} |", "|" + "---|" * (len(KEYS) + 1)]
     for r in ids[1:]:
-        m, lo, hi = paired_difference(values[r][:n, success], base)
+        m, lo, hi = paired_difference(values[r][:n], values[reference][:n])
         lines.append(f"| {info[r].info.run_name} | " + " | ".join(f"{m[i]:+.2f} [{lo[i]:+.2f}, {hi[i]:+.2f}]"
-                                                               for i in range(len(SUCCESS))) + " |")
+                                                               for i in range(len(KEYS))) + " |")
     return "\n".join(lines)
 
 

@@ -20,12 +20,11 @@ def _run(c, exp: str, name: str, specificity: list[int], status: str = "FINISHED
     run_id = c.create_run(exp, run_name=name).info.run_id
     for k, v in {"edits.dataset": "counterfact", "edits.n": 4, "edits.seed": seed, "edits.mode": "single"}.items():
         c.log_param(run_id, k, v)
-    for key in paired_runs.COLUMNS.values():
+    for key in paired_runs.KEYS.values():
         c.log_metric(run_id, key, 0.0, step=0)  # the unedited model: not a case
     for s in range(1, len(specificity) + 1):
-        c.log_metric(run_id, "edit/counterfact/locality_success", sum(specificity[:s]) / s, step=s)
-        for key in list(paired_runs.COLUMNS.values())[:2] + list(paired_runs.COLUMNS.values())[3:]:
-            c.log_metric(run_id, key, 1.0, step=s)
+        for key in paired_runs.KEYS.values():
+            c.log_metric(run_id, key, sum(specificity[:s]) / s if key.endswith("locality_success") else 1.0, step=s)
         c.log_metric(run_id, "time/edit_s", float(s), step=s)
         c.log_metric(run_id, "value/loss_evals", [25, 11, 13, 25][s - 1], step=s)
     c.set_terminated(run_id, status)
@@ -44,8 +43,9 @@ def test_compare_pairs_on_the_cases_all_runs_reached_and_refuses_other_edits(tra
     ref = _run(c, exp, "fp32", [1, 1, 0, 0])
     fast = _run(c, exp, "bf16", [1, 0, 0], status="KILLED")  # stopped after 3 of 4 cases
     lines = paired_runs.compare(c, ref, [fast]).splitlines()
-    assert lines[2] == "| fp32 | FINISHED | 3 | 1.00 | 1.00 | 0.67 | 1.00 | 1.00 | 2.0 | 16.3 |"
+    assert lines[2] == "| fp32 | FINISHED | 3 | 1.00 | 1.00 | 0.67 | 1.00 | 1.00 | 1.00 | 2.0 | 16.3 |"
     assert lines[-1].startswith("| bf16 | +0.00 [+0.00, +0.00] | +0.00 [+0.00, +0.00] | -0.33 [")
+    assert lines[-1].endswith("| +0.00 [+0.00, +0.00] |")
     other = _run(c, exp, "reseeded", [1, 1, 0, 0], seed=1)
     with pytest.raises(SystemExit, match="not paired"):
         paired_runs.compare(c, ref, [other])

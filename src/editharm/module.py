@@ -20,6 +20,7 @@ from editharm import deltas as D
 from editharm import guards, models, registry, stats, tracking
 from editharm.config import RunConfig
 from editharm.data import EditRequest, data_dir
+from editharm.errors import EditharmError
 from editharm.evaluators import EditEvaluator, Evaluator
 from editharm.nethook import get_module, get_parameter, is_transposed
 
@@ -81,6 +82,9 @@ class EditModule(L.LightningModule):
     def on_train_start(self) -> None:
         """The null-space projectors of the edited modules, from their key statistics, before the first edit."""
         g = self.cfg.guard
+        if g is not None and g.name == "nullspace" and not self.edited_modules():
+            raise EditharmError(f"guard=nullspace needs the key statistics of the modules method {self.hp.name} "
+                                "edits, and the method does not name them (EditModule.edited_modules)")
         for module in self.guard_statistics_modules():
             C = self.second_moments([module], g.mom2_n_tokens, g.mom2_seq_len)[module]
             self._projectors[f"{module}.weight"] = guards.nullspace_projector(C, g.threshold)
