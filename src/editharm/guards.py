@@ -126,7 +126,8 @@ class PCAConfig(ShareConfig):
 class NullspaceConfig:
     name: str = "nullspace"
     threshold: float = 1e-2
-    """Eigen-directions of C with eigenvalue below threshold · λ_max(C) form the protected-free null space."""
+    """Eigen-directions of C with eigenvalue below threshold · λ_max(C) span P: the input directions that the
+    preserved keys (almost) never use."""
     mom2_n_tokens: int = 100_000
     mom2_seq_len: int = 256
 
