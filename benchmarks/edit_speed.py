@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from editharm import config, data, models, stats
+from editharm import config, data, models, stats, tracking
 from editharm.registry import method
 
 
@@ -70,12 +70,7 @@ def main() -> None:
         print(f"{name}: median {f[f'{name}_median_s_per_edit']:.1f} s per edit (max {f[f'{name}_max_s_per_edit']:.1f}), "
               f"setup {f[f'{name}_setup_s']:.1f} s")
     if not args.no_log:
-        import mlflow
-
-        mlflow.set_experiment("editharm-benchmarks")
-        with mlflow.start_run(run_name=f"edit-speed-{args.model}"):
-            mlflow.log_params(vars(args))
-            mlflow.log_metrics({f"bench/{k}": v for k, v in figures.items()})
+        tracking.log_benchmark(f"edit-speed-{args.model}", vars(args), figures)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from editharm import guards
+from editharm import guards, tracking
 from editharm.registry import guard
 
 
@@ -51,12 +51,8 @@ def main() -> None:
           f"(torch threads {torch.get_num_threads()}): "
           + ", ".join(f"{k[:-3]} {v:.1f} ms" for k, v in figures.items()))
     if not args.no_log:
-        import mlflow
-
-        mlflow.set_experiment("editharm-benchmarks")
-        with mlflow.start_run(run_name=f"guard-overhead-{args.shape[0]}x{args.shape[1]}"):
-            mlflow.log_params(vars(args))
-            mlflow.log_metrics({f"bench/guard_{k}": v for k, v in figures.items()})
+        tracking.log_benchmark(f"guard-overhead-{args.shape[0]}x{args.shape[1]}", vars(args),
+                               {f"guard_{k}": v for k, v in figures.items()})
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from editharm import config, models
+from editharm import config, models, tracking
 from editharm.data import EditRequest
 from editharm.methods._shared import context_templates
 from editharm.methods.rome import edit_vectors
@@ -129,12 +129,8 @@ def main() -> None:
             print(f"{name} against float32 with the fixture's templates: dW cosine median {st.median(cos):.4f}, "
                   f"min {min(cos):.4f}")
     if not args.no_log:
-        import mlflow
-
-        mlflow.set_experiment("editharm-benchmarks")
-        with mlflow.start_run(run_name="rome-parity-smollm2"):
-            mlflow.log_params({"cases": " ".join(map(str, cases)), "reference": readme["what"][:250]})
-            mlflow.log_metrics({f"bench/{k.replace('case', 'case_')}": v for k, v in figures.items()})
+        tracking.log_benchmark("rome-parity-smollm2", {"cases": " ".join(map(str, cases)), "reference": readme["what"][:250]},
+                               {k.replace("case", "case_"): v for k, v in figures.items()})
 
 
 if __name__ == "__main__":

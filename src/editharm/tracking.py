@@ -93,6 +93,16 @@ def set_tags(logger: RunLogger | None, tags: dict[str, str]) -> None:
             logger.experiment.set_tag(logger.run_id, key, str(value))
 
 
+def log_benchmark(run_name: str, params: dict, figures: dict[str, float]) -> None:
+    """A benchmark's figures as one run of the `editharm-benchmarks` experiment, metrics under `bench/`."""
+    import mlflow
+
+    mlflow.set_experiment("editharm-benchmarks")
+    with mlflow.start_run(run_name=run_name):
+        mlflow.log_params(params)
+        mlflow.log_metrics({f"bench/{k}": v for k, v in figures.items()})
+
+
 def git_commit() -> str:
     """The package's git commit (with `-dirty` for uncommitted changes), or `unknown`."""
     repo = Path(__file__).resolve().parents[2]
