@@ -273,6 +273,9 @@ def validate(cfg: DictConfig) -> None:
                           f"which has {n_layers} layers (valid: 0 to {n_layers - 1})")
     if "v_num_grad_steps" in m and m.v_num_grad_steps < 1:
         raise ConfigError(f"method.v_num_grad_steps counts loss evaluations and must be >= 1, got {m.v_num_grad_steps}")
+    if "z_batch_size" in m and m.z_batch_size < 1:
+        raise ConfigError(f"method.z_batch_size is the number of requests optimised per forward pass and must be "
+                          f">= 1, got {m.z_batch_size}")
     if m.get("context_templates") is not None:
         _check_templates(list(m.context_templates))
     if "nullspace_threshold" in m and not 0 < m.nullspace_threshold < 1:

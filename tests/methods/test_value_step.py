@@ -92,3 +92,103 @@ def test_fixed_templates_replace_the_sampled_ones(env):
 def test_bad_fixed_templates_are_a_config_error(templates):
     with pytest.raises(ConfigError, match="context_templates"):
         config.load(["method=rome", f"method.context_templates={templates}"])
+
+
+MODULE = "model.layers.0.mlp.down_proj"
+TEMPLATES = ["{}", "Earlier that day. {}", "A. {}"]
+
+
+def _queries():
+    """Requests of different prompt, subject and target lengths (so a batch pads rows to different widths)."""
+    from editharm.data import EditRequest
+    requests = [*REQUESTS, EditRequest("The capital city of the old kingdom of Prussia was", "Prussia",
+                                       "Königsberg in East Prussia", "Berlin")]
+    return [value.ValueQuery([t.format(r.prompt) for t in TEMPLATES], r.subject, r.target_new, [f"{r.subject} is a"])
+            for r in requests]
+
+
+def _batched(tiny, queries, steps=6, stop_loss=-math.inf, batch_size=None):
+    model, tok = tiny
+    return value.optimize_values(model, tok, MODULE, queries, steps=steps, lr=0.1, weight_decay=1e-3, kl_factor=0.0625,
+                                 clamp_norm_factor=4.0, stop_loss=stop_loss, batch_size=batch_size)
+
+
+def test_a_batch_of_one_is_exactly_the_single_request_loop(tiny):
+    model, tok = tiny
+    queries = _queries()
+    V, V0, traces = _batched(tiny, queries, batch_size=1)
+    for i, q in enumerate(queries):
+        v, v0, trace = optimize_value(model, tok, MODULE, q.prompts, q.subject, q.target, q.kl_prompts, steps=6,
+                                      lr=0.1, weight_decay=1e-3, kl_factor=0.0625, clamp_norm_factor=4.0,
+                                      stop_loss=-math.inf)
+        assert torch.equal(V[i], v) and torch.equal(V0[i], v0)
+        assert traces[i].losses == trace.losses and traces[i].updates == trace.updates == 5
+
+
+def test_requests_optimised_together_get_their_one_at_a_time_values(tiny):
+    queries = _queries()
+    one, one0, one_tr = _batched(tiny, queries, batch_size=1)
+    all_, all0, all_tr = _batched(tiny, queries)  # one forward/backward per step for all three
+    torch.testing.assert_close(all0, one0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(all_, one, rtol=1e-4, atol=1e-4)
+    assert [t.updates for t in all_tr] == [t.updates for t in one_tr] == [5, 5, 5]
+    for a, b in zip(all_tr, one_tr):
+        assert a.losses == pytest.approx(b.losses, rel=1e-4)
+    assert not torch.allclose(all_[0] - all0[0], all_[1] - all0[1])  # each request moved its own δ
+
+
+def test_each_request_stops_on_its_own_and_keeps_the_value_of_its_last_loss(tiny):
+    queries = _queries()
+    first = _batched(tiny, queries, steps=1)[2]
+    losses = [t.losses[0] for t in first]
+    low = min(range(3), key=losses.__getitem__)
+    threshold = (sorted(losses)[0] + sorted(losses)[1]) / 2  # between the lowest and the next loss at δ = 0
+    V, V0, traces = _batched(tiny, queries, steps=6, stop_loss=threshold)
+    assert traces[low].converged and len(traces[low].losses) == 1 and traces[low].updates == 0
+    assert torch.equal(V[low], V0[low])
+    alone = _batched(tiny, [q for i, q in enumerate(queries) if i != low], steps=6, stop_loss=threshold)
+    rest = [i for i in range(3) if i != low]
+    torch.testing.assert_close(V[rest], alone[0], rtol=1e-4, atol=1e-4)  # the stopped request left no trace on them
+    for i, t in zip(rest, alone[2]):
+        assert traces[i].losses == pytest.approx(t.losses, rel=1e-4) and traces[i].updates == t.updates == 5
+
+
+def test_memit_z_batch_size_does_not_change_the_edit(env):
+    deltas = {}
+    for size in (1, 32):
+        cfg = config.load(["model=tiny-llama", "method=memit", *FAST, "method.layers=[0]", "method.v_num_grad_steps=4",
+                           f"method.z_batch_size={size}"])
+        model, tok = models.load(cfg.model, models.cache_root())
+        m = MEMIT(cfg, model, tok, [], n_requests=2)
+        m.on_fit_start()
+        m._measured = {}
+        deltas[size] = m.compute_deltas(REQUESTS)
+        assert m._measured["value/loss_evals"] == [4.0, 4.0]
+    for name, d in deltas[1].items():
+        torch.testing.assert_close(deltas[32][name], d, rtol=1e-3, atol=1e-6)
+
+
+def test_z_batch_size_must_be_positive():
+    with pytest.raises(ConfigError, match="z_batch_size"):
+        config.load(["model=tiny-llama", "method=memit", "method.z_batch_size=0"])
+
+
+@pytest.mark.parametrize("model_name,module", [("tiny-llama", MODULE), ("tiny-gpt2", "transformer.h.0.mlp.c_proj")])
+def test_cached_prefixes_give_the_values_of_whole_rows(model_name, module):
+    """The tokens before each subject run once (a KV cache); every step runs the rest. A one-token subject at
+    the start of a KL prompt leaves an empty prefix (neither tiny tokenizer adds BOS) in the same batch as
+    long ones."""
+    from editharm.methods._shared import subject_last
+    model, tok = models.load(config.load([f"model={model_name}"]).model, models.cache_root())
+    queries = _queries() + [value.ValueQuery(["A is the capital of"], "A", "Italy", ["A is a"])]
+    empty = any(subject_last(tok, k, q.subject) == 0 for q in queries for k in q.kl_prompts)
+    assert empty  # a one-token subject first in "A is a": that row's prefix is empty
+    out = {}
+    for cached in (True, False):
+        out[cached] = value.optimize_values(model, tok, module, queries, steps=5, lr=0.1, weight_decay=1e-3,
+                                            kl_factor=0.0625, clamp_norm_factor=4.0, stop_loss=-math.inf,
+                                            cache_prefix=cached)
+    torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-5, atol=1e-5)  # v0
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-4, atol=1e-4)
+    for a, b in zip(out[True][2], out[False][2]):
+        assert a.losses == pytest.approx(b.losses, rel=1e-5) and a.updates == b.updates == 4

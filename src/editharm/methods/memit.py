@@ -1,6 +1,7 @@
 """MEMIT (Meng et al., 2023): many edits at once, spread over a range of MLP output projections.
 
-    z_i = compute_z(...)           target hidden state at the last layer L of the range (`methods/value.py`, as ROME's v*)
+    Z = compute_z(...)             target hidden states at the last layer L of the range (`methods/value.py`, as ROME's
+                                   v*), the requests of a batch optimised together (`z_batch_size` per pass)
     for l in layers (ascending):   K_l: keys of all requests under the current weights; R = Z − H_L
         ΔW_l = memit_update(R / (layers left), K_l, C_l, λ)  = R_l K_lᵀ (λ C_l + K_l K_lᵀ)⁻¹, applied before l+1
     with `nullspace` (AlphaEdit): ΔW_l = alphaedit_update(...) = R_l K_lᵀ P_l ((K_l K_lᵀ + C_prev) P_l + I)⁻¹
@@ -15,7 +16,7 @@ from editharm.data import EditRequest
 from editharm.deltas import Deltas
 from editharm.guards import nullspace_projector
 from editharm.methods._shared import keys_at, run_templates, subject_last
-from editharm.methods.value import ValueStep, ValueTrace, target_value
+from editharm.methods.value import ValueStep, ValueTrace, target_values
 from editharm.module import EditModule
 from editharm.nethook import to_param_layout
 from editharm.registry import register_method
@@ -30,6 +31,9 @@ class MEMITConfig(ValueStep):
     """λ: weight of the preserved-keys term λC against the new keys KKᵀ."""
     context_template_length_params: list[list[int]] = field(default_factory=lambda: [[10, 5]])
     """MEMIT: the bare prompt plus 5 sampled prefixes of 10 tokens."""
+    z_batch_size: int = 32
+    """Requests whose targets z are optimised together, in one forward/backward pass per step (each with its
+    own δ, Adam state and stopping rule); 1 is the one-request-at-a-time loop of the reference, same numbers."""
     nullspace: bool = False
     """AlphaEdit (Fang et al., ICLR 2025): solve inside the null space of the preserved keys and of the keys
     edited earlier in the run (`alphaedit_update`) instead of MEMIT's λC-weighted solve."""
@@ -40,11 +44,12 @@ class MEMITConfig(ValueStep):
     """The ridge term of AlphaEdit's solve (its `L2`)."""
 
 
-def compute_z(model, tok, block: str, request: EditRequest, templates: list[str], hp: ValueStep,
-              h0: torch.Tensor) -> tuple[torch.Tensor, ValueTrace]:
-    """`(z, trace)`, z = h0 + δ: the hidden state at the output of `block` (subject's last token) that makes
-    `target_new` likely; `h0` is the float32 hidden state there in the bare prompt."""
-    return target_value(model, tok, block, request, templates, hp, h0)
+def compute_z(model, tok, block: str, requests: list[EditRequest], templates: list[str], hp: MEMITConfig,
+              H0: torch.Tensor) -> tuple[torch.Tensor, list[ValueTrace]]:
+    """`(Z, traces)`, row i z_i = h0_i + δ_i: the hidden state at the output of `block` (request i's subject's
+    last token) that makes its `target_new` likely; `H0` (n × d) holds the float32 hidden states there in the
+    bare prompts. `hp.z_batch_size` requests are optimised per forward pass."""
+    return target_values(model, tok, block, requests, templates, hp, H0, batch_size=hp.z_batch_size)
 
 
 def layer_keys(model, tok, module: str, requests: list[EditRequest], templates: list[str]) -> torch.Tensor:
@@ -108,12 +113,10 @@ class MEMIT(EditModule):
         prompts = [r.prompt for r in requests]
         positions = [subject_last(self.tokenizer, r.prompt, r.subject) for r in requests]
         H0 = keys_at(self.model, self.tokenizer, block, prompts, positions)[1]
-        targets = []
-        for r, h0 in zip(requests, H0):
-            z, trace = compute_z(self.model, self.tokenizer, block, r, self._templates, self.hp, h0)
+        Z, traces = compute_z(self.model, self.tokenizer, block, requests, self._templates, self.hp, H0)
+        for trace in traces:
             self.measured("value", trace.metrics())
-            targets.append(z)
-        Z = torch.stack(targets, 1)
+        Z = Z.T
         total: Deltas = {}
         originals = {m: self.model.get_parameter(f"{m}.weight").detach().clone() for m in modules}
         with torch.no_grad():

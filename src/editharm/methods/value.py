@@ -10,6 +10,9 @@ as `compute_v` of kmeng01/rome (and EasyEdit, the paper's code) computes it, ROM
   below `stop_loss` or it is the last one; otherwise one Adam step, then δ is clamped to
   ‖δ‖ ≤ clamp_norm_factor · ‖v0‖. So 25 steps make at most 24 updates, and the returned δ is the one the
   last loss was computed for. The published hyperparameter files mean exactly this.
+Requests are optimised together (`optimize_values`: one forward/backward per step for a batch, each request
+with its own δ, Adam state and stop), and each step runs only the part of each row that δ reaches: the
+tokens before the subject are run once and kept as a KV cache (`_value_rows.py`).
 Checked against EasyEdit's ROME on SmolLM2 (`tests/methods/test_rome_parity.py`,
 `benchmarks/rome_parity.py`).
 """
@@ -21,9 +24,9 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-from editharm.methods._shared import frozen, hidden, subject_last
+from editharm.methods._shared import frozen, hidden
+from editharm.methods._value_rows import Batch, Rows, tokenise
 from editharm.nethook import get_module
-from editharm.scoring import continuation, pad
 
 STOP_LOSS = 5e-2
 """The reference's early stop: the loop ends once L(δ) < 0.05."""
@@ -42,6 +45,9 @@ class ValueStep:
     v_autocast: Optional[str] = None
     """Run the value optimisation's forward passes in this dtype (`bfloat16`: ~1.5x faster on CPUs with
     AMX); the keys, the base value and the update stay float32."""
+    v_cache_prefix: bool = True
+    """Run each row's tokens before the subject once and keep them as a KV cache (δ cannot reach them);
+    false runs whole rows at every step, as the reference does: the same numbers to float precision."""
     mom2_n_tokens: int = 100_000
     mom2_seq_len: int = 256
     context_templates: Optional[list[str]] = None
@@ -84,84 +90,147 @@ class ValueTrace:
                 "nll": self.nll, "kl": self.kl, "converged": float(self.converged)}
 
 
-def optimize_value(model: nn.Module, tok, module: str, prompts: list[str], subject: str, target: str,
-                   kl_prompts: list[str], steps: int, lr: float, weight_decay: float, kl_factor: float,
-                   clamp_norm_factor: float, stop_loss: float = STOP_LOSS,
-                   autocast: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, ValueTrace]:
-    """`(v*, v0, trace)`: the output of `module` at the subject's last token that makes `target` likely.
+class ValueQuery(NamedTuple):
+    """One request of a value optimisation: `prompts[0]` the bare edit prompt (v0 is read there), the rest its
+    templated copies; each is followed by the target's tokens (teacher forced). `kl_prompts` hold the
+    subject whose next-token distribution the KL term keeps."""
 
-    `prompts[0]` is the bare edit prompt (v0 is the module's output there); every prompt is followed by the
-    target's tokens (teacher forced). `value_loss` is minimised with Adam on δ for at most `steps` loss
-    evaluations (module docstring: the reference's stopping rule). Rows are left-padded so every needed
-    logit sits in the last few positions: only those are computed. `autocast` runs the forward passes in
-    that dtype (δ and the result stay float32).
-    """
-    device = next(model.parameters()).device
-    tgt = tok(continuation(target), add_special_tokens=False)["input_ids"]
-    rows = [tok(p)["input_ids"] + tgt[:-1] for p in prompts] + [tok(k)["input_ids"] for k in kl_prompts]
-    pos = [subject_last(tok, p, subject) for p in prompts] + [subject_last(tok, k, subject) for k in kl_prompts]
-    width = max(len(r) for r in rows)
-    ids, mask = pad(rows, tok, device, left=True)
-    position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
-    n_rw, all_rows = len(prompts), torch.arange(len(rows), device=device)
-    pos_t = torch.tensor([width - len(r) + p for r, p in zip(rows, pos)], device=device)
-    from_end = [len(r) - p for r, p in zip(rows[n_rw:], pos[n_rw:])]
-    keep = max([len(tgt), *from_end])  # logits needed: the target's and the KL prompts' subject positions
-    kl_at = torch.tensor([keep - f for f in from_end], device=device)
-    gold = torch.tensor(tgt, device=device).expand(n_rw, -1)[..., None]
-    state: dict = {}
-    trace = ValueTrace()
+    prompts: list[str]
+    subject: str
+    target: str
+    kl_prompts: list[str]
+
+
+class _Values:
+    """Per-request state of a batched value optimisation: v0, δ (one leaf tensor each) and P₀ at the KL
+    prompts, all set at the first evaluation."""
+
+    def __init__(self, n: int):
+        self.v0: list[torch.Tensor | None] = [None] * n
+        self.delta: list[torch.Tensor | None] = [None] * n
+        self.kl_logp0: list[torch.Tensor | None] = [None] * n
+
+
+def _evaluate(model: nn.Module, module: str, rows: list[Rows], chunk: list[int], batch: Batch, state: _Values,
+              kl_factor: float, weight_decay: float) -> list[ValueLoss]:
+    """L(δ_i) for the requests `chunk` (their rows are `batch`), from one forward pass: each row adds its own
+    request's δ at its subject position."""
+    device = batch.ids.device
+    every = torch.arange(len(batch.owner), device=device)
 
     def hook(_m, _args, out):
         h = hidden(out)
-        if "v0" not in state:
-            state["v0"] = h[0, pos_t[0]].detach().float()
-            state["delta"] = torch.zeros_like(state["v0"], requires_grad=True)
+        for j, i in enumerate(chunk):
+            if state.v0[i] is None:
+                state.v0[i] = h[batch.first[j], batch.at[batch.first[j]]].detach().float()
+                state.delta[i] = torch.zeros_like(state.v0[i], requires_grad=True)
+        deltas = torch.stack([state.delta[i] for i in chunk])
         h = h.clone()
-        h[all_rows, pos_t] = h[all_rows, pos_t] + state["delta"].to(h.dtype)
+        h[every, batch.at] = h[every, batch.at] + deltas[batch.owner].to(h.dtype)
         return (h, *out[1:]) if isinstance(out, tuple) else h
 
     handle = get_module(model, module).register_forward_hook(hook)
     try:
-        with frozen(model), torch.enable_grad():
-            opt = None
-            for step in range(steps):
-                with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-                    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False,
-                                   logits_to_keep=keep).logits
-                logp = logits.float().log_softmax(-1)
-                v0, delta = state["v0"], state["delta"]
-                kl_logp = logp[all_rows[n_rw:], kl_at]
-                state.setdefault("kl_logp0", kl_logp.detach())
-                loss = value_loss(logp[:n_rw, keep - len(tgt):].gather(-1, gold)[..., 0], kl_logp, state["kl_logp0"],
-                                  delta, v0, kl_factor, weight_decay)
-                trace.losses.append(loss.total.item())
-                trace.nll, trace.kl = loss.nll.item(), loss.kl.item()
-                trace.converged = trace.losses[-1] < stop_loss
-                if trace.converged or step == steps - 1:
-                    break
-                if opt is None:
-                    opt = torch.optim.Adam([delta], lr=lr)
-                opt.zero_grad()
-                loss.total.backward()
-                opt.step()
-                trace.updates += 1
-                with torch.no_grad():
-                    limit = clamp_norm_factor * v0.norm()
-                    if delta.norm() > limit:
-                        delta.mul_(limit / delta.norm())
+        logp = batch.logits(model).float().log_softmax(-1)
     finally:
         handle.remove()
-    return (state["v0"] + state["delta"].detach()), state["v0"], trace
+    losses = []
+    for j, i in enumerate(chunk):
+        q, a, keep = rows[i], batch.first[j], batch.keep
+        kl_logp = logp[torch.arange(a + q.n_rw, batch.first[j + 1], device=device),
+                       torch.tensor([keep - f for f in q.kl_from_end()], device=device)]
+        if state.kl_logp0[i] is None:
+            state.kl_logp0[i] = kl_logp.detach()
+        gold = torch.tensor(q.tgt, device=device).expand(q.n_rw, -1)[..., None]
+        target_logp = logp[a:a + q.n_rw, keep - len(q.tgt):].gather(-1, gold)[..., 0]
+        losses.append(value_loss(target_logp, kl_logp, state.kl_logp0[i], state.delta[i], state.v0[i],
+                                 kl_factor, weight_decay))
+    return losses
+
+
+def optimize_values(model: nn.Module, tok, module: str, queries: list[ValueQuery], steps: int, lr: float,
+                    weight_decay: float, kl_factor: float, clamp_norm_factor: float, stop_loss: float = STOP_LOSS,
+                    autocast: torch.dtype | None = None, batch_size: int | None = None,
+                    cache_prefix: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[ValueTrace]]:
+    """`(V*, V0, traces)`, each row the output of `module` at a request's subject that makes its target likely.
+
+    Every request minimises its own `value_loss` with its own δ and Adam state, for at most `steps` loss
+    evaluations under the module docstring's stopping rule, applied per request: a request that stopped
+    keeps the δ its last loss was computed for and leaves the batch. Up to `batch_size` requests (all when
+    None) share each forward/backward pass; their rows never interact, so the gradient of the summed loss
+    with respect to δ_i is request i's own, and `batch_size=1` computes exactly the one-at-a-time loop.
+    `autocast` runs the forward passes in that dtype (δ and the results stay float32); `cache_prefix` runs
+    the tokens before each subject once (`_value_rows.Batch`).
+    """
+    if not queries:
+        raise ValueError("optimize_values needs at least one request")
+    rows = [tokenise(tok, q.prompts, q.subject, q.target, q.kl_prompts) for q in queries]
+    state, traces = _Values(len(queries)), [ValueTrace() for _ in queries]
+    size = batch_size or len(queries)
+    active, opt, batches = list(range(len(queries))), None, {}
+    with frozen(model), torch.enable_grad():
+        for step in range(steps):
+            stepping = []
+            chunks = [tuple(active[c:c + size]) for c in range(0, len(active), size)]
+            # a chunk's prefixes run once; only when a request leaves it are they run again
+            batches = {c: batches.get(c) or Batch(model, tok, [rows[i] for i in c], autocast,
+                                                               cache_prefix) for c in chunks}
+            for chunk in chunks:
+                going = []
+                for i, loss in zip(chunk, _evaluate(model, module, rows, list(chunk), batches[chunk], state,
+                                                    kl_factor, weight_decay)):
+                    trace = traces[i]
+                    trace.losses.append(loss.total.item())
+                    trace.nll, trace.kl = loss.nll.item(), loss.kl.item()
+                    trace.converged = trace.losses[-1] < stop_loss
+                    if not (trace.converged or step == steps - 1):
+                        going.append(loss.total)
+                        stepping.append(i)
+                if going:
+                    torch.stack(going).sum().backward()
+            if not stepping:
+                break
+            if opt is None:  # per-parameter state: one Adam per request, requests that stopped have no grad
+                opt = torch.optim.Adam(state.delta, lr=lr)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for i in stepping:
+                    traces[i].updates += 1
+                    delta, limit = state.delta[i], clamp_norm_factor * state.v0[i].norm()
+                    if delta.norm() > limit:
+                        delta.mul_(limit / delta.norm())
+            active = stepping
+    v0 = torch.stack(state.v0)
+    return v0 + torch.stack([d.detach() for d in state.delta]), v0, traces
+
+
+def optimize_value(model: nn.Module, tok, module: str, prompts: list[str], subject: str, target: str,
+                   kl_prompts: list[str], steps: int, lr: float, weight_decay: float, kl_factor: float,
+                   clamp_norm_factor: float, stop_loss: float = STOP_LOSS,
+                   autocast: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, ValueTrace]:
+    """`(v*, v0, trace)` of one request: `optimize_values` of a batch of one."""
+    v, v0, traces = optimize_values(model, tok, module, [ValueQuery(prompts, subject, target, kl_prompts)], steps,
+                                    lr, weight_decay, kl_factor, clamp_norm_factor, stop_loss, autocast)
+    return v[0], v0[0], traces[0]
+
+
+def target_values(model: nn.Module, tok, module: str, requests: list, templates: list[str], step: ValueStep,
+                  bases: torch.Tensor, batch_size: int | None = None) -> tuple[torch.Tensor, list[ValueTrace]]:
+    """`(bases + Δ, traces)`, row i's δ from `optimize_values` at `module` over request i's templated edit
+    prompts; `bases[i]` is the float32 output of `module` at request i's subject in its bare prompt (so an
+    autocast run only changes δ). `batch_size` requests share a forward pass (None: all)."""
+    queries = [ValueQuery([t.format(r.prompt) for t in templates], r.subject, r.target_new, [f"{r.subject} is a"])
+               for r in requests]
+    values, seen, traces = optimize_values(
+        model, tok, module, queries, step.v_num_grad_steps, step.v_lr, step.v_weight_decay, step.kl_factor,
+        step.clamp_norm_factor, autocast=getattr(torch, step.v_autocast) if step.v_autocast else None,
+        batch_size=batch_size, cache_prefix=step.v_cache_prefix)
+    return bases + (values - seen), traces
 
 
 def target_value(model: nn.Module, tok, module: str, request, templates: list[str], step: ValueStep,
                  base: torch.Tensor) -> tuple[torch.Tensor, ValueTrace]:
-    """`(base + δ, trace)`, δ from `optimize_value` at `module` over the templated edit prompts; `base` is the
-    float32 output of `module` at the subject in the bare prompt (so an autocast run only changes δ)."""
-    prompts = [t.format(request.prompt) for t in templates]
-    value, seen, trace = optimize_value(model, tok, module, prompts, request.subject, request.target_new,
-                                        [f"{request.subject} is a"], step.v_num_grad_steps, step.v_lr,
-                                        step.v_weight_decay, step.kl_factor, step.clamp_norm_factor,
-                                        autocast=getattr(torch, step.v_autocast) if step.v_autocast else None)
-    return base + (value - seen), trace
+    """`(base + δ, trace)` of one request (`target_values` of a batch of one)."""
+    values, traces = target_values(model, tok, module, [request], templates, step, base[None])
+    return values[0], traces[0]
