@@ -9,7 +9,7 @@ from editharm import config, deltas as D, models, scoring
 from editharm.data import EditRequest
 from editharm.methods._shared import keys_at, subject_last
 from editharm.guards import nullspace_projector
-from editharm.methods.memit import MEMIT, alphaedit_update, memit_update
+from editharm.methods.memit import MEMIT, alphaedit_update, layer_keys, memit_update
 from editharm.methods.rome import ROME, compute_u, compute_v, rank_one_update
 from editharm.nethook import to_param_layout
 
@@ -125,3 +125,17 @@ def test_alphaedit_remembers_only_kept_edits(env):
     m.edits_kept()
     assert float(torch.trace(m._edited[module])) > 0
     assert set(deltas) == {module + ".weight"} and D.is_finite(deltas)
+
+
+@pytest.mark.parametrize("model_name,module", [("tiny-llama", "model.layers.0.mlp.down_proj"),
+                                               ("tiny-gpt2", "transformer.h.0.mlp.c_proj")])
+def test_memit_keys_batched_are_each_requests_template_means(model_name, module):
+    """K's column i = (k(bare prompt) + mean of the templated keys) / 2, whatever requests share a pass."""
+    model, tok = models.load(config.load([f"model={model_name}"]).model, models.cache_root())
+    templates = ["{}", "Once. {}", "Later that year, {}"]
+    requests = [*REQUESTS, EditRequest("Who founded the city of Rome? It was", "Rome", "Romulus")]
+    K = layer_keys(model, tok, module, requests, templates, batch_size=2)
+    for i, r in enumerate(requests):
+        texts = [t.format(r.prompt) for t in templates]
+        keys = keys_at(model, tok, module, texts, [subject_last(tok, t, r.subject) for t in texts])[0]
+        torch.testing.assert_close(K[:, i], (keys[0] + keys[1:].mean(0)) / 2, rtol=1e-5, atol=1e-6)

@@ -52,15 +52,19 @@ def compute_z(model, tok, block: str, requests: list[EditRequest], templates: li
     return target_values(model, tok, block, requests, templates, hp, H0, batch_size=hp.z_batch_size)
 
 
-def layer_keys(model, tok, module: str, requests: list[EditRequest], templates: list[str]) -> torch.Tensor:
+def layer_keys(model, tok, module: str, requests: list[EditRequest], templates: list[str],
+               batch_size: int = 32) -> torch.Tensor:
     """K (in × n): each request's key at `module`, the mean of the bare-prompt key and of the templated keys
-    (MEMIT averages within the two template groups, then across them)."""
+    (MEMIT averages within the two template groups, then across them); `batch_size` requests' texts share a
+    forward pass."""
     cols = []
-    for r in requests:
-        texts = [t.format(r.prompt) for t in templates]
-        keys, _ = keys_at(model, tok, module, texts, [subject_last(tok, t, r.subject) for t in texts])
-        cols.append(keys[0] if len(keys) == 1 else (keys[0] + keys[1:].mean(0)) / 2)
-    return torch.stack(cols, 1)
+    for start in range(0, len(requests), batch_size):
+        chunk = requests[start:start + batch_size]
+        texts = [t.format(r.prompt) for r in chunk for t in templates]
+        positions = [subject_last(tok, t.format(r.prompt), r.subject) for r in chunk for t in templates]
+        keys = keys_at(model, tok, module, texts, positions)[0].view(len(chunk), len(templates), -1)
+        cols.append(keys[:, 0] if len(templates) == 1 else (keys[:, 0] + keys[:, 1:].mean(1)) / 2)
+    return torch.cat(cols).T
 
 
 def memit_update(R: torch.Tensor, K: torch.Tensor, C: torch.Tensor, lam: float) -> torch.Tensor:
@@ -122,7 +126,7 @@ class MEMIT(EditModule):
         with torch.no_grad():
             try:
                 for i, module in enumerate(modules):
-                    K = layer_keys(self.model, self.tokenizer, module, requests, self._templates)
+                    K = layer_keys(self.model, self.tokenizer, module, requests, self._templates, self.hp.z_batch_size)
                     H = keys_at(self.model, self.tokenizer, block, prompts, positions)[1].T
                     R = (Z - H) / (len(modules) - i)
                     if self.hp.nullspace:
