@@ -121,3 +121,13 @@ def test_stats_command_covers_the_guards_modules(env, capsys, tmp_path, monkeypa
     monkeypatch.setenv("EDITHARM_CACHE_DIR", str(tmp_path / "cache"))
     assert main(["stats", *METHOD["ft"], "model=tiny-llama", *GUARDS["nullspace"]]) == 0
     assert len(list((tmp_path / "cache" / "stats").glob("*.safetensors"))) == 1
+
+
+@pytest.mark.parametrize("name", sorted(GUARDS))
+def test_every_guard_runs_with_kn(env, name):
+    """KN's ΔW is sparse (whole columns of the selected neurons): the guards take it as any other delta."""
+    run_id = edit([*BASE, "method=kn", "method.steps=2", *GUARDS[name], *MODES["instance-sequential"]])
+    run = client().get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["guard"] == name
+    kept = [v for k, v in run.data.metrics.items() if k.startswith("guard/") and k.endswith("/kept")]
+    assert kept and all(0 < v <= 1 for v in kept)

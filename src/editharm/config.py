@@ -36,6 +36,9 @@ class Templates:
     """One transformer block, e.g. `model.layers.{}`."""
     mlp_in: str = MISSING
     """The MLP's input projection (`up_proj`, GPT-2 `c_fc`)."""
+    mlp_gate: str = MISSING
+    """The MLP's first projection, whose output the nonlinearity takes (`gate_proj`, GPT-2 `c_fc`): KN's
+    `neuron=pre`."""
     mlp_out: str = MISSING
     """The MLP's output projection (`down_proj`, GPT-2 `c_proj`): the usual rewrite target."""
     ln_f: str = MISSING
@@ -267,12 +270,14 @@ def validate(cfg: DictConfig) -> None:
     if cfg.tasks.limit is not None and cfg.tasks.limit < 1:
         raise ConfigError(f"tasks.limit must be >= 1 or null, got {cfg.tasks.limit}")
     n_layers, m = cfg.model.n_layers, cfg.method
-    chosen = ([m.layer] if "layer" in m else []) + (list(m.layers) if "layers" in m else [])
+    chosen = ([m.layer] if "layer" in m else []) + (list(m.layers) if m.get("layers") is not None else [])
     if outside := [layer for layer in chosen if not 0 <= layer < n_layers]:
         raise ConfigError(f"method {m.name}: layer(s) {outside} out of range for model '{cfg.model.name}', "
                           f"which has {n_layers} layers (valid: 0 to {n_layers - 1})")
     if "v_num_grad_steps" in m and m.v_num_grad_steps < 1:
         raise ConfigError(f"method.v_num_grad_steps counts loss evaluations and must be >= 1, got {m.v_num_grad_steps}")
+    if m.name == "kn":
+        _check_kn(m)
     if "z_batch_size" in m and m.z_batch_size < 1:
         raise ConfigError(f"method.z_batch_size is the number of requests optimised per forward pass and must be "
                           f">= 1, got {m.z_batch_size}")
@@ -300,6 +305,19 @@ def _check_templates(templates: list[str]) -> None:
         raise ConfigError('method.context_templates must start with "{}" and hold one "{}" (no other brace) per '
                           f'template, e.g. ["{{}}", "The weather is nice. {{}}"]; got {templates!r}'
                           + (f" (bad: {bad!r})" if bad else ""))
+
+
+def _check_kn(m) -> None:
+    from editharm.methods.kn import NEURONS, VARIANTS
+    _choice("method.neuron", m.neuron, NEURONS)
+    _choice("method.variant", m.variant, VARIANTS)
+    if m.steps < 1:
+        raise ConfigError(f"method.steps is the number of integrated-gradient steps and must be >= 1, got {m.steps}")
+    for key in ("adaptive_threshold", "p"):
+        if not 0 < m[key] <= 1:
+            raise ConfigError(f"method.{key} is a share and must be in (0, 1], got {m[key]}")
+    if m.ig_batch_size < 1:
+        raise ConfigError(f"method.ig_batch_size must be >= 1, got {m.ig_batch_size}")
 
 
 def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:

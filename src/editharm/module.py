@@ -160,7 +160,7 @@ class EditModule(L.LightningModule):
 
     @torch.no_grad()
     def _guarded(self, deltas: D.Deltas, edit_index: int) -> tuple[D.Deltas, dict[str, float]]:
-        """The configured guard's ΔW̄ and, per parameter, the share of ΔW's nonzero elements it kept and
+        """The configured guard's ΔW̄ and, per parameter, the share of ΔW's nonzero elements it kept nonzero and
         ‖ΔW̄‖/‖ΔW‖ (plus the guard's own figures), as `guard/<param>/<name>` metrics."""
         t0 = time.perf_counter()
         ctx = guards.GuardContext(
@@ -170,7 +170,8 @@ class EditModule(L.LightningModule):
         shaped, extra = self._guard(deltas, self.cfg.guard, ctx)
         metrics = {f"guard/{k}": v for k, v in extra.items()}
         for n, d in deltas.items():
-            metrics[f"guard/{n}/kept"] = float((shaped[n] != 0).sum() / (d != 0).sum().clamp_min(1))
+            nonzero = d != 0  # of ΔW's nonzero elements, the share still nonzero (a projection may fill zeros)
+            metrics[f"guard/{n}/kept"] = float((nonzero & (shaped[n] != 0)).sum() / nonzero.sum().clamp_min(1))
             metrics[f"guard/{n}/norm_ratio"] = float(shaped[n].float().norm() / d.float().norm().clamp_min(D.EPS))
         metrics["time/guard_s"] = time.perf_counter() - t0
         return shaped, metrics

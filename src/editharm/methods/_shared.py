@@ -4,6 +4,7 @@
   (`run_templates`: or the configured fixed ones).
 - `subject_last`: the position of the subject's last token in a text.
 - `keys_at`: a module's input (and output) at given positions, from one early-exit forward pass.
+- `prefix_kv`, `kv_cache`: tokens that a later change cannot reach, run once and served as a KV cache.
 The value step (v*, z) is `methods/value.py`.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+from transformers import DynamicCache
 
 from editharm.nethook import StopForward, get_module, run_until
 from editharm.scoring import pad
@@ -92,3 +94,28 @@ def frozen(model: nn.Module):
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+@torch.no_grad()
+def prefix_kv(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+              position_ids: torch.Tensor | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's keys and values of `input_ids` (rows × P), for `kv_cache` to serve to later passes over
+    the tokens that follow; empty when P = 0."""
+    if input_ids.shape[1] == 0:
+        return []
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                logits_to_keep=1)
+    return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+
+
+def kv_cache(kv: list[tuple[torch.Tensor, torch.Tensor]], rows: int | None = None) -> DynamicCache | None:
+    """A fresh cache holding `kv` (a forward pass appends to the cache it is given), a one-row prefix
+    repeated to `rows` rows without copying; None for an empty prefix."""
+    if not kv:
+        return None
+    cache = DynamicCache()
+    for layer, (k, v) in enumerate(kv):
+        if rows is not None:
+            k, v = k.expand(rows, *k.shape[1:]), v.expand(rows, *v.shape[1:])
+        cache.update(k, v, layer)
+    return cache

@@ -13,9 +13,7 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from transformers import DynamicCache
-
-from editharm.methods._shared import subject_last
+from editharm.methods._shared import kv_cache, prefix_kv, subject_last
 from editharm.scoring import continuation, pad
 
 
@@ -66,24 +64,15 @@ class Batch:
         self.mask = torch.cat([prefix_mask, suffix_mask], 1)
         positions = (self.mask.cumsum(-1) - 1).clamp_min(0)
         self.position_ids = positions[:, prefix_ids.shape[1]:]
-        self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []
-        if prefix_ids.shape[1]:
-            with torch.no_grad(), self._autocast(device):
-                out = model(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=positions[:, :prefix_ids.shape[1]],
-                            use_cache=True, logits_to_keep=1)
-            self.kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        with self._autocast(device):
+            self.kv = prefix_kv(model, prefix_ids, prefix_mask, positions[:, :prefix_ids.shape[1]])
 
     def _autocast(self, device: torch.device):
         return torch.autocast(device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None)
 
     def logits(self, model: nn.Module) -> torch.Tensor:
-        """(rows, keep, vocab) logits of the suffixes' last `keep` positions, over the cached prefixes (a fresh
-        cache each call: the model appends the suffix to it)."""
-        cache = None
-        if self.kv:
-            cache = DynamicCache()
-            for layer, (k, v) in enumerate(self.kv):
-                cache.update(k, v, layer)
+        """(rows, keep, vocab) logits of the suffixes' last `keep` positions, over the cached prefixes."""
+        cache = kv_cache(self.kv)
         with self._autocast(self.ids.device):
             return model(input_ids=self.ids, attention_mask=self.mask, position_ids=self.position_ids,
                          past_key_values=cache, use_cache=cache is not None, logits_to_keep=self.keep).logits

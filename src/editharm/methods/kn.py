@@ -1,0 +1,235 @@
+"""KN (Dai et al., ACL 2022): knowledge neurons found by integrated gradients, edited through their output columns.
+
+    Attr(l, i) = (a_i / m) Σ_k ∂P(y* | x; a⁽ˡ⁾ ← α_k a⁽ˡ⁾) / ∂(α_k a⁽ˡ⁾)_i,   α = linspace(0, 1, m)   (`attribute`)
+    N = {(l, i) : Attr(l, i) > θ · max Attr}, θ = adaptive_threshold        (`select`; `refine` over paraphrases)
+    W_out⁽ˡ⁾[:, i] += Σ_t e(y_new,t) − c · Σ_t e(ŷ_t)   for (l, i) ∈ N       (`column_change`)
+
+a⁽ˡ⁾ is layer l's FFN activation at the prompt's last token, y* the current answer (the record's
+ground truth), ŷ the model's greedy continuation (as many tokens as y_new), e(·) input-embedding rows.
+Two readings (`../shared/reference/gu2024-paper-protocol.md` §6.3, §7 item 12):
+
+- `variant=paper` is what the paper ran (EasyEdit's KN): every token of y* is attributed at the prompt's
+  last position and the attributions averaged; c = 2 when ŷ is one token, else 1; y_new is encoded with the
+  tokenizer's special tokens, so a tokenizer that adds BOS (LLaMA's) adds the BOS embedding too.
+- `variant=corrected`: token t of y* is attributed after the prompt and y*[:t] (teacher forced), c = 1,
+  no special tokens.
+
+`neuron=pre` is the paper code's neuron, the output of the first projection before the nonlinearity
+(`gate_proj`, GPT-2 `c_fc`; template `mlp_gate`); `neuron=post` is Dai et al.'s, the input of the output
+projection (act(gate)·up for SwiGLU), i.e. what column i of W_out multiplies. With m = 1 the only α is 0:
+the gradient at a zeroed layer times a, the degenerate estimate of the paper's LLaMA runs (`steps: 1`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+import torch
+from torch import nn
+
+from editharm import tracking
+from editharm.data import EditRequest
+from editharm.deltas import Deltas
+from editharm.methods._shared import frozen, kv_cache, prefix_kv
+from editharm.module import EditModule
+from editharm.nethook import get_module, to_param_layout
+from editharm.registry import register_method
+from editharm.scoring import continuation, pad_id
+
+NEURONS = ("pre", "post")
+VARIANTS = ("paper", "corrected")
+
+
+@dataclass
+class KNConfig:
+    name: str = "kn"
+    steps: int = 20
+    """m, the integrated-gradient steps (the paper: 20 for GPT-2 XL, 1 for LLaMA)."""
+    adaptive_threshold: float = 0.2
+    """θ: a neuron is selected when its attribution exceeds θ times the largest one (over all layers)."""
+    refine: bool = False
+    """Keep only neurons selected on at least a share `p` of the prompts (the edit prompt and its rephrase)."""
+    p: float = 0.4
+    neuron: str = "pre"
+    """`pre` (the paper's code: first projection, before the nonlinearity) or `post` (Dai et al.)."""
+    variant: str = "paper"
+    """`paper` (EasyEdit's KN, as the paper ran it) or `corrected` (module docstring)."""
+    layers: Optional[list[int]] = None
+    """Layers whose neurons are attributed; all when null."""
+    ig_batch_size: int = 256
+    """Scaled copies (layer × step) per forward/backward pass."""
+
+
+def alphas(m: int) -> torch.Tensor:
+    """The integration points α_k = linspace(0, 1, m): m = 1 is α = 0 alone."""
+    return torch.linspace(0.0, 1.0, m)
+
+
+def integrated_gradients(a: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """Attr_i = (a_i / m) Σ_k g_{k,i}, `grads` (m, d) the gradients at the m scaled activations α_k a."""
+    return a * grads.sum(0) / grads.shape[0]
+
+
+def select(attr: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Boolean mask of the neurons with Attr > θ · max Attr (none when no attribution is positive)."""
+    top = attr.max()
+    return attr > threshold * top if top > 0 else torch.zeros_like(attr, dtype=torch.bool)
+
+
+def refine(masks: torch.Tensor, p: float) -> torch.Tensor:
+    """Neurons selected on at least a share p of the prompts, `masks` (prompts, ...)."""
+    return masks.float().mean(0) >= p
+
+
+def column_change(e_new: torch.Tensor, e_old: torch.Tensor, c: float) -> torch.Tensor:
+    """Σ_t e(y_new,t) − c · Σ_t e(ŷ_t): what each selected neuron's output column gains."""
+    return e_new.sum(0) - c * e_old.sum(0)
+
+
+class Site(NamedTuple):
+    """Where layer l's neuron activation is read and replaced: a module's output (`pre`) or input (`post`)."""
+
+    module: str
+    on_input: bool
+
+
+def attribute(model: nn.Module, ids: list[int], target: int, sites: list[Site], m: int,
+              batch_size: int = 256) -> torch.Tensor:
+    """(layers, neurons) integrated-gradient attributions of P(target | ids) to each site's activation at the
+    last position of `ids`. The tokens before it do not depend on the activation: they run once (a KV
+    cache), and every scaled copy (site l, α_k) is one token through the model, `batch_size` per pass, each
+    copy replacing the activation at its own site only."""
+    device = next(model.parameters()).device
+    kv = prefix_kv(model, torch.tensor([ids[:-1]], device=device))
+    last = torch.tensor([[ids[-1]]], device=device)
+    position = torch.tensor([[len(ids) - 1]], device=device)
+
+    def run(n: int, patch):
+        handles = [_hook(model, s, l, patch) for l, s in enumerate(sites)]
+        try:
+            return model(input_ids=last.expand(n, 1), position_ids=position.expand(n, 1),
+                         attention_mask=torch.ones(n, len(ids), dtype=torch.long, device=device),
+                         past_key_values=kv_cache(kv, n), use_cache=bool(kv)).logits[:, -1]
+        finally:
+            for h in handles:
+                h.remove()
+
+    clean: dict[int, torch.Tensor] = {}
+
+    def capture(l, h):
+        clean[l] = h[0, -1].detach().float()
+        return h
+
+    with torch.no_grad():
+        run(1, capture)
+    a = torch.stack([clean[l] for l in range(len(sites))])
+    steps = alphas(m).to(device)
+    copies = [(l, k) for l in range(len(sites)) for k in range(m)]
+    attr = torch.zeros_like(a)
+    with frozen(model), torch.enable_grad():
+        for start in range(0, len(copies), batch_size):
+            chunk = copies[start:start + batch_size]
+            layer = torch.tensor([l for l, _ in chunk], device=device)
+            scaled = (steps[[k for _, k in chunk]][:, None] * a[layer]).requires_grad_(True)
+
+            def patch(l, h):
+                rows = (layer == l).nonzero()[:, 0]
+                if len(rows) == 0:
+                    return h
+                h = h.clone()
+                h[rows, -1] = scaled[rows].to(h.dtype)
+                return h
+
+            probs = run(len(chunk), patch).float().softmax(-1)[:, target]
+            (grad,) = torch.autograd.grad(probs.sum(), scaled)
+            attr.index_add_(0, layer, a[layer] * grad / m)
+    return attr
+
+
+def _hook(model: nn.Module, site: Site, layer: int, fn):
+    """Hook `fn(layer, activation) -> activation` on a site: the module's input or its output."""
+    module = get_module(model, site.module)
+    if site.on_input:
+        return module.register_forward_pre_hook(lambda _m, args: (fn(layer, args[0]), *args[1:]))
+    return module.register_forward_hook(lambda _m, _args, out: fn(layer, out))
+
+
+@torch.no_grad()
+def greedy(model: nn.Module, tok, ids: list[int], n: int) -> list[int]:
+    """The model's n greedy next tokens after `ids` (ŷ)."""
+    device = next(model.parameters()).device
+    out = model.generate(input_ids=torch.tensor([ids], device=device), attention_mask=torch.ones(1, len(ids), device=device,
+                         dtype=torch.long), max_new_tokens=n, min_new_tokens=n, do_sample=False, top_p=None, top_k=None,
+                         temperature=None, pad_token_id=pad_id(tok))
+    return out[0, len(ids):].tolist()
+
+
+class KNEdit(NamedTuple):
+    """One request's KN edit: the selected neurons (layers × neurons mask), y_new's and ŷ's ids, c."""
+
+    neurons: torch.Tensor
+    new: list[int]
+    old: list[int]
+    c: float
+
+
+def kn_edit(model: nn.Module, tok, request: EditRequest, sites: list[Site], hp: KNConfig) -> KNEdit:
+    """Attribution over the request's prompts (the edit prompt; its rephrase too with `refine`), selection,
+    and the token lists the column change is made of (module docstring: the two variants)."""
+    paper = hp.variant == "paper"
+    answer = tok(continuation(request.ground_truth or request.target_new), add_special_tokens=False)["input_ids"]
+    prompts = [request.prompt] + ([request.rephrase] if hp.refine and request.rephrase else [])
+    masks = []
+    for text in prompts:
+        ids = tok(text)["input_ids"]
+        per_token = [attribute(model, ids if paper else ids + answer[:t], y, sites, hp.steps, hp.ig_batch_size)
+                     for t, y in enumerate(answer)]
+        masks.append(select(torch.stack(per_token).mean(0), hp.adaptive_threshold))
+    neurons = refine(torch.stack(masks), hp.p) if len(masks) > 1 else masks[0]
+    new = tok(continuation(request.target_new), add_special_tokens=paper)["input_ids"]
+    old = greedy(model, tok, tok(request.prompt)["input_ids"], len(new))
+    return KNEdit(neurons, new, old, 2.0 if paper and len(old) == 1 else 1.0)
+
+
+@register_method("kn", config=KNConfig)
+class KN(EditModule):
+    """Knowledge neurons: attribution by integrated gradients, then each selected neuron's output column moves
+    from the current answer's embeddings to the new target's. Requests of a batch are attributed on the model
+    as it is and their changes summed."""
+
+    def _layers(self) -> list[int]:
+        return list(self.hp.layers) if self.hp.layers is not None else list(range(self.cfg.model.n_layers))
+
+    def edited_modules(self) -> list[str]:
+        return [self.module_name("mlp_out", layer) for layer in self._layers()]
+
+    def sites(self) -> list[Site]:
+        if self.hp.neuron == "pre":
+            return [Site(self.module_name("mlp_gate", layer), on_input=False) for layer in self._layers()]
+        return [Site(self.module_name("mlp_out", layer), on_input=True) for layer in self._layers()]
+
+    def compute_deltas(self, requests: list[EditRequest]) -> Deltas:
+        embed = get_module(self.model, self.cfg.model.templates.embed).weight.detach().float()
+        modules = self.edited_modules()
+        sites = self.sites()
+        changes: dict[int, torch.Tensor] = {}
+        for index, request in enumerate(requests, start=self.n_edits):
+            t0 = time.perf_counter()
+            edit = kn_edit(self.model, self.tokenizer, request, sites, self.hp)
+            seconds = time.perf_counter() - t0
+            column = column_change(embed[edit.new], embed[edit.old], edit.c)
+            n = int(edit.neurons.sum())
+            self.measured("kn", {"neurons": n, "layers": int(edit.neurons.any(1).sum()), "no_neurons": float(n == 0),
+                                 "attribution_s": seconds})
+            if n == 0:
+                tracking.set_tags(self.logger, {f"kn.no_neurons.{index}": request.prompt})
+            for layer, neuron in edit.neurons.nonzero().tolist():
+                if layer not in changes:
+                    changes[layer] = torch.zeros(column.shape[0], edit.neurons.shape[1], device=column.device)
+                changes[layer][:, neuron] += column
+        total: Deltas = {}
+        for layer, delta in changes.items():
+            name, stored = to_param_layout(self.model, modules[layer], delta)
+            total[name] = stored
+        return total
