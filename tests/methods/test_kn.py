@@ -161,3 +161,17 @@ def test_a_request_with_no_selected_neuron_is_reported_not_a_crash(env, monkeypa
 def test_bad_kn_settings_fail_before_any_edit(bad, match):
     with pytest.raises(ConfigError, match=match):
         config.load(["model=tiny-llama", "method=kn", bad])
+
+
+def test_without_a_ground_truth_the_models_own_answer_is_attributed(monkeypatch):
+    cfg, model, tok = _load("tiny-llama")
+    seen = []
+    real = kn.attribute
+    monkeypatch.setattr(kn, "attribute", lambda m, ids, target, *a: seen.append(target) or real(m, ids, target, *a))
+    hp = config.load(["model=tiny-llama", "method=kn", "method.steps=2"]).method
+    bare = EditRequest(REQUEST.prompt, REQUEST.subject, REQUEST.target_new)
+    edit = kn.kn_edit(model, tok, bare, _sites(cfg, "pre"), hp)
+    assert seen == edit.old
+    seen.clear()
+    kn.kn_edit(model, tok, REQUEST, _sites(cfg, "pre"), hp)
+    assert seen == tok(" French", add_special_tokens=False)["input_ids"]

@@ -5,7 +5,8 @@
     W_out⁽ˡ⁾[:, i] += Σ_t e(y_new,t) − c · Σ_t e(ŷ_t)   for (l, i) ∈ N       (`column_change`)
 
 a⁽ˡ⁾ is layer l's FFN activation at the prompt's last token, y* the current answer (the record's
-ground truth), ŷ the model's greedy continuation (as many tokens as y_new), e(·) input-embedding rows.
+ground truth; ŷ for a record without one), ŷ the model's greedy continuation (as many tokens as y_new),
+e(·) input-embedding rows.
 Two readings (`../shared/reference/gu2024-paper-protocol.md` §6.3, §7 item 12):
 
 - `variant=paper` is what the paper ran (EasyEdit's KN): every token of y* is attributed at the prompt's
@@ -178,7 +179,10 @@ def kn_edit(model: nn.Module, tok, request: EditRequest, sites: list[Site], hp: 
     """Attribution over the request's prompts (the edit prompt; its rephrase too with `refine`), selection,
     and the token lists the column change is made of (module docstring: the two variants)."""
     paper = hp.variant == "paper"
-    answer = tok(continuation(request.ground_truth or request.target_new), add_special_tokens=False)["input_ids"]
+    new = tok(continuation(request.target_new), add_special_tokens=paper)["input_ids"]
+    old = greedy(model, tok, tok(request.prompt)["input_ids"], len(new))
+    # y*: the record's current answer; a record without one is attributed for the model's own (ŷ)
+    answer = tok(continuation(request.ground_truth), add_special_tokens=False)["input_ids"] if request.ground_truth else old
     prompts = [request.prompt] + ([request.rephrase] if hp.refine and request.rephrase else [])
     masks = []
     for text in prompts:
@@ -187,8 +191,6 @@ def kn_edit(model: nn.Module, tok, request: EditRequest, sites: list[Site], hp: 
                      for t, y in enumerate(answer)]
         masks.append(select(torch.stack(per_token).mean(0), hp.adaptive_threshold))
     neurons = refine(torch.stack(masks), hp.p) if len(masks) > 1 else masks[0]
-    new = tok(continuation(request.target_new), add_special_tokens=paper)["input_ids"]
-    old = greedy(model, tok, tok(request.prompt)["input_ids"], len(new))
     return KNEdit(neurons, new, old, 2.0 if paper and len(old) == 1 else 1.0)
 
 
