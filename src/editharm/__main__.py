@@ -74,6 +74,15 @@ def _model(cfg):
     return models.load(dataclasses.replace(cfg.model, source="hub", path=str(path), revision=None), cache)
 
 
+def _method_label(m) -> str:
+    """The method as a run name says it: MEMIT's null-space solve is AlphaEdit, KN names its variant and neuron."""
+    if m.get("nullspace"):
+        return "alphaedit"
+    if m.name == "kn":
+        return f"kn-{m.variant}-{m.neuron}"
+    return m.name
+
+
 def edit(argv: list[str]) -> str:
     """Apply the configured edits in one MLflow run; returns its run id."""
     import lightning as L
@@ -87,7 +96,7 @@ def edit(argv: list[str]) -> str:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     g = cfg.guard
     shaped = "" if g.name == "none" else f"-{g.name}{getattr(g, 'k', '')}"
-    with tracking.start(cfg, f"{cfg.method.name}-{cfg.model.name}-{e.mode}-n{e.n}{shaped}") as logger:
+    with tracking.start(cfg, f"{_method_label(cfg.method)}-{cfg.model.name}-{e.mode}-n{e.n}{shaped}") as logger:
         _log_run(logger, cfg, tree, tasks, kind="edit", method=cfg.method.name, mode=e.mode, eval_every=every,
                  edits_dataset=e.dataset, guard=g.name)
         model, tok = _model(cfg)

@@ -27,6 +27,8 @@ def test_every_mode_runs(env, method, mode):
     run_id = edit([*BASE, *METHOD[method], *args])
     run = client().get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["mode"] == mode
+    label = {"alphaedit": "alphaedit", "kn": "kn-paper-pre", "kn-gpt2": "kn-corrected-post"}.get(method, method)
+    assert run.info.run_name.startswith(f"{label}-tiny-")  # the run name says which method and variant
     assert [m.step for m in client().get_metric_history(run_id, "edit/zsre/efficacy_token_acc")] == steps
     if method.startswith("kn"):
         neurons = [m.value for m in client().get_metric_history(run_id, "kn/neurons")]
