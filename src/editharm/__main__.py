@@ -76,7 +76,7 @@ def _model(cfg):
 
 def _method_label(m) -> str:
     """The method as a run name says it: MEMIT's null-space solve is AlphaEdit, KN names its variant and neuron."""
-    if m.get("nullspace"):
+    if getattr(m, "nullspace", False):
         return "alphaedit"
     if m.name == "kn":
         return f"kn-{m.variant}-{m.neuron}"
