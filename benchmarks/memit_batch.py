@@ -2,7 +2,7 @@
 step) against batched requests over cached prefixes, on the same requests, with the edits they make compared.
 
     python benchmarks/memit_batch.py                       # SmolLM2, 32 CounterFact requests, sizes 1, 10, 32
-    python benchmarks/memit_batch.py --requests 32 --sizes 1,32 --threads 2
+    python benchmarks/memit_batch.py --requests 32 --sizes 1,32 --threads 2 --overrides method.v_autocast=null
 
 Settings: `loop` (z_batch_size=1, v_cache_prefix=false: what MEMIT did before), then `batch<N>` for each size
 (prefixes cached), and `batch<max>-nocache` (batching alone). For each, one MEMIT batch edit of all the
@@ -69,6 +69,8 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=32)
     p.add_argument("--sizes", default="1,10,32")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--overrides", nargs="*", default=[], help="config overrides for every setting, e.g. "
+                   "method.v_autocast=null (float32 forward passes)")
     p.add_argument("--no-log", action="store_true")
     args = p.parse_args()
     if args.threads:
@@ -84,7 +86,7 @@ def main() -> None:
     settings = [("loop", 1, False), *[(f"batch{s}", s, True) for s in sizes], (f"batch{max(sizes)}-nocache", max(sizes), False)]
     figures, reference = {}, None
     for label, size, cached in settings:
-        cfg = config.load([f"model={args.model}", "method=memit", f"method.z_batch_size={size}",
+        cfg = config.load([f"model={args.model}", "method=memit", *args.overrides, f"method.z_batch_size={size}",
                            f"method.v_cache_prefix={str(cached).lower()}"])
         f, offset, deltas = run(cfg, model, tok, requests)
         if reference is None:
