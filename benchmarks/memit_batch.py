@@ -5,7 +5,8 @@ step) against batched requests over cached prefixes, on the same requests, with 
     python benchmarks/memit_batch.py --requests 32 --sizes 1,32 --threads 2 --overrides method.v_autocast=null
 
 Settings: `loop` (z_batch_size=1, v_cache_prefix=false: what MEMIT did before), then `batch<N>` for each size
-(prefixes cached), and `batch<max>-nocache` (batching alone). For each, one MEMIT batch edit of all the
+(prefixes cached), and `batch<max>-nocache` (batching alone); `--overrides` apply to all but the loop, which
+stays this model's configured MEMIT. For each, one MEMIT batch edit of all the
 requests (statistics cached): the target step's seconds (what the settings change) and the whole edit's, the
 edited model's efficacy (token accuracy, P(new) > P(old)) on the edit prompts, and how far its targets z and
 its ΔW are from the loop's. The settings run one after another in one process, so their ratios are what to
@@ -69,8 +70,8 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=32)
     p.add_argument("--sizes", default="1,10,32")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--overrides", nargs="*", default=[], help="config overrides for every setting, e.g. "
-                   "method.v_autocast=null (float32 forward passes)")
+    p.add_argument("--overrides", nargs="*", default=[], help="config overrides for every setting but the loop, "
+                   "e.g. method.v_autocast=null (float32 forward passes)")
     p.add_argument("--no-log", action="store_true")
     args = p.parse_args()
     if args.threads:
@@ -86,7 +87,8 @@ def main() -> None:
     settings = [("loop", 1, False), *[(f"batch{s}", s, True) for s in sizes], (f"batch{max(sizes)}-nocache", max(sizes), False)]
     figures, reference = {}, None
     for label, size, cached in settings:
-        cfg = config.load([f"model={args.model}", "method=memit", *args.overrides, f"method.z_batch_size={size}",
+        overrides = [] if label == "loop" else args.overrides  # the loop is what this model's MEMIT ran before
+        cfg = config.load([f"model={args.model}", "method=memit", *overrides, f"method.z_batch_size={size}",
                            f"method.v_cache_prefix={str(cached).lower()}"])
         f, offset, deltas = run(cfg, model, tok, requests)
         if reference is None:
