@@ -1,4 +1,5 @@
-"""Editing speed on a real model: key statistics with and without early exit, seconds per ROME/MEMIT edit.
+"""Editing speed on a real model: key statistics with and without early exit, seconds per ROME/MEMIT/KN edit
+(and the share of KN's edit its attribution takes).
 
     python benchmarks/edit_speed.py                              # SmolLM2, layer 5, 10 CounterFact edits each
     python benchmarks/edit_speed.py --tokens 16384 --edits 10 --layer 5
@@ -37,12 +38,17 @@ def edit_seconds(name: str, model_name: str, requests, overrides: list[str]) -> 
     t0 = time.perf_counter()
     module.on_fit_start()  # templates, and statistics (from the cache when present)
     setup = time.perf_counter() - t0
-    times = []
+    times, measured = [], []
     for r in requests:
+        module._measured = {}
         t0 = time.perf_counter()
         module.compute_deltas([r])
         times.append(time.perf_counter() - t0)
-    return {f"{name}_setup_s": setup, f"{name}_median_s_per_edit": st.median(times), f"{name}_max_s_per_edit": max(times)}
+        measured.append(module._measured)
+    figures = {f"{name}_setup_s": setup, f"{name}_median_s_per_edit": st.median(times), f"{name}_max_s_per_edit": max(times)}
+    if name == "kn":  # attribution's share of the edit
+        figures["kn_attribution_share"] = sum(m["kn/attribution_s"][0] for m in measured) / sum(times)
+    return figures
 
 
 def main() -> None:
@@ -64,10 +70,11 @@ def main() -> None:
           f"{figures['stats_full_forward_tokens_per_s']:.0f} tok/s (x{figures['stats_speedup']:.2f}); "
           f"torch threads {torch.get_num_threads()}")
     requests, _ = data.load_requests(config.load(["edits=counterfact", f"edits.n={args.edits}"]).edits, root)
-    for name in ("rome", "memit"):
+    for name in ("rome", "memit", "kn"):
         f = edit_seconds(name, args.model, requests, [])
         figures.update(f)
-        print(f"{name}: median {f[f'{name}_median_s_per_edit']:.1f} s per edit (max {f[f'{name}_max_s_per_edit']:.1f}), "
+        share = f", attribution {f['kn_attribution_share']:.0%} of it" if name == "kn" else ""
+        print(f"{name}: median {f[f'{name}_median_s_per_edit']:.1f} s per edit (max {f[f'{name}_max_s_per_edit']:.1f}){share}, "
               f"setup {f[f'{name}_setup_s']:.1f} s")
     if not args.no_log:
         tracking.log_benchmark(f"edit-speed-{args.model}", vars(args), figures)
