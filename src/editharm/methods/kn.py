@@ -167,12 +167,14 @@ def greedy(model: nn.Module, tok, ids: list[int], n: int) -> list[int]:
 
 
 class KNEdit(NamedTuple):
-    """One request's KN edit: the selected neurons (layers × neurons mask), y_new's and ŷ's ids, c."""
+    """One request's KN edit: the selected neurons (layers × neurons mask), y_new's and ŷ's ids, c, and the
+    seconds its attribution took."""
 
     neurons: torch.Tensor
     new: list[int]
     old: list[int]
     c: float
+    attribution_s: float
 
 
 def kn_edit(model: nn.Module, tok, request: EditRequest, sites: list[Site], hp: KNConfig) -> KNEdit:
@@ -184,14 +186,15 @@ def kn_edit(model: nn.Module, tok, request: EditRequest, sites: list[Site], hp: 
     # y*: the record's current answer; a record without one is attributed for the model's own (ŷ)
     answer = tok(continuation(request.ground_truth), add_special_tokens=False)["input_ids"] if request.ground_truth else old
     prompts = [request.prompt] + ([request.rephrase] if hp.refine and request.rephrase else [])
-    masks = []
+    masks, t0 = [], time.perf_counter()
     for text in prompts:
         ids = tok(text)["input_ids"]
         per_token = [attribute(model, ids if paper else ids + answer[:t], y, sites, hp.steps, hp.ig_batch_size)
                      for t, y in enumerate(answer)]
         masks.append(select(torch.stack(per_token).mean(0), hp.adaptive_threshold))
+    seconds = time.perf_counter() - t0
     neurons = refine(torch.stack(masks), hp.p) if len(masks) > 1 else masks[0]
-    return KNEdit(neurons, new, old, 2.0 if paper and len(old) == 1 else 1.0)
+    return KNEdit(neurons, new, old, 2.0 if paper and len(old) == 1 else 1.0, seconds)
 
 
 @register_method("kn", config=KNConfig)
@@ -217,13 +220,11 @@ class KN(EditModule):
         sites = self.sites()
         changes: dict[int, torch.Tensor] = {}
         for index, request in enumerate(requests, start=self.n_edits):
-            t0 = time.perf_counter()
             edit = kn_edit(self.model, self.tokenizer, request, sites, self.hp)
-            seconds = time.perf_counter() - t0
             column = column_change(embed[edit.new], embed[edit.old], edit.c)
             n = int(edit.neurons.sum())
             self.measured("kn", {"neurons": n, "layers": int(edit.neurons.any(1).sum()), "no_neurons": float(n == 0),
-                                 "attribution_s": seconds})
+                                 "attribution_s": edit.attribution_s})
             if n == 0:
                 tracking.set_tags(self.logger, {f"kn.no_neurons.{index}": request.prompt})
             for layer, neuron in edit.neurons.nonzero().tolist():
