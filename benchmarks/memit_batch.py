@@ -2,11 +2,13 @@
 step) against batched requests over cached prefixes, on the same requests, with the edits they make compared.
 
     python benchmarks/memit_batch.py                       # SmolLM2, 32 CounterFact requests, sizes 1, 10, 32
-    python benchmarks/memit_batch.py --requests 32 --sizes 1,32 --threads 2 --overrides method.v_autocast=null
+    python benchmarks/memit_batch.py --requests 8 --sizes 8 --repeats 3 --overrides method.v_num_grad_steps=6 \
+        --batched-overrides method.v_autocast=null
 
 Settings: `loop` (z_batch_size=1, v_cache_prefix=false: what MEMIT did before), then `batch<N>` for each size
-(prefixes cached), and `batch<max>-nocache` (batching alone); `--overrides` apply to all but the loop, which
-stays this model's configured MEMIT. For each, one MEMIT batch edit of all the
+(prefixes cached), and `batch<max>-nocache` (batching alone); `--batched-overrides` apply to all but the loop,
+which stays this model's configured MEMIT. The settings run round robin `--repeats` times (median time), so a
+change of a shared machine's load touches all of them alike. For each, one MEMIT batch edit of all the
 requests (statistics cached): the target step's seconds (what the settings change) and the whole edit's, the
 edited model's efficacy (token accuracy, P(new) > P(old)) on the edit prompts, and how far its targets z and
 its ΔW are from the loop's. The settings run one after another in one process, so their ratios are what to
@@ -16,6 +18,7 @@ Figures are printed and logged to MLflow (experiment `editharm-benchmarks`) unle
 from __future__ import annotations
 
 import argparse
+import statistics as st
 import time
 
 import torch
@@ -70,7 +73,10 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=32)
     p.add_argument("--sizes", default="1,10,32")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--overrides", nargs="*", default=[], help="config overrides for every setting but the loop, "
+    p.add_argument("--repeats", type=int, default=1, help="round-robin repetitions; the median time is reported")
+    p.add_argument("--overrides", nargs="*", default=[], help="config overrides for every setting, e.g. "
+                   "method.v_num_grad_steps=6 (a shorter run; throughput per step is what batching changes)")
+    p.add_argument("--batched-overrides", nargs="*", default=[], help="overrides for every setting but the loop, "
                    "e.g. method.v_autocast=null (float32 forward passes)")
     p.add_argument("--no-log", action="store_true")
     args = p.parse_args()
@@ -85,28 +91,33 @@ def main() -> None:
     print(f"{len(requests)} CounterFact requests, MEMIT layers {list(base_cfg.method.layers)}, "
           f"torch threads {torch.get_num_threads()}; unedited {efficacy(model, tok, requests)}")
     settings = [("loop", 1, False), *[(f"batch{s}", s, True) for s in sizes], (f"batch{max(sizes)}-nocache", max(sizes), False)]
-    figures, reference = {}, None
+    times: dict[str, list[float]] = {label: [] for label, _, _ in settings}
+    last: dict[str, tuple] = {}
+    for _ in range(args.repeats):  # round robin: a change of the machine's load touches every setting alike
+        for label, size, cached in settings:
+            extra = [] if label == "loop" else args.batched_overrides  # the loop: this model's MEMIT as it ran
+            cfg = config.load([f"model={args.model}", "method=memit", *args.overrides, *extra,
+                               f"method.z_batch_size={size}", f"method.v_cache_prefix={str(cached).lower()}"])
+            last[label] = run(cfg, model, tok, requests)
+            times[label].append(last[label][0]["z_s"])
+    figures = {}
+    _, ref_offset, ref_deltas = last["loop"]
     for label, size, cached in settings:
-        overrides = [] if label == "loop" else args.overrides  # the loop is what this model's MEMIT ran before
-        cfg = config.load([f"model={args.model}", "method=memit", *overrides, f"method.z_batch_size={size}",
-                           f"method.v_cache_prefix={str(cached).lower()}"])
-        f, offset, deltas = run(cfg, model, tok, requests)
-        if reference is None:
-            reference = (label, offset, deltas)
-        else:
-            ref_label, ref_offset, ref_deltas = reference
-            rel = (offset - ref_offset).norm(dim=1) / ref_offset.norm(dim=1)
-            f["z_offset_rel_diff_median"], f["z_offset_rel_diff_max"] = rel.median().item(), rel.max().item()
-            f["dW_cos_min"] = min(torch.nn.functional.cosine_similarity(d.flatten(), ref_deltas[n].flatten(), 0).item()
-                                  for n, d in deltas.items())
-            f["z_speedup"] = figures[f"{ref_label}_z_s"] / f["z_s"]
+        f, offset, deltas = last[label]
+        f["z_s"] = st.median(times[label])
+        f["z_requests_per_s"] = len(requests) / f["z_s"]
+        f["z_speedup"] = st.median(times["loop"]) / f["z_s"]
+        rel = (offset - ref_offset).norm(dim=1) / ref_offset.norm(dim=1)
+        f["z_offset_rel_diff_median"], f["z_offset_rel_diff_max"] = rel.median().item(), rel.max().item()
+        f["dW_cos_min"] = min(torch.nn.functional.cosine_similarity(d.flatten(), ref_deltas[n].flatten(), 0).item()
+                              for n, d in deltas.items())
         figures.update({f"{label}_{k}": v for k, v in f.items()})
-        extra = (f"; x{f['z_speedup']:.2f} vs {reference[0]}, z offsets differ by {f['z_offset_rel_diff_median']:.1e}"
-                 f" (median) / {f['z_offset_rel_diff_max']:.1e} (max), ΔW cosine ≥ {f['dW_cos_min']:.4f}"
-                 if "z_speedup" in f else "")
-        print(f"{label} (z_batch_size {size}, prefix cache {'on' if cached else 'off'}): target step {f['z_s']:.1f} s ({f['z_requests_per_s']:.2f} requests/s, "
-              f"{f['loss_evals']:.1f} loss evaluations per request), whole edit {f['edit_s']:.1f} s; efficacy token "
-              f"acc {f['efficacy_token_acc']:.3f}, success {f['efficacy_success']:.3f}{extra}", flush=True)
+        print(f"{label} (z_batch_size {size}, prefix cache {'on' if cached else 'off'}): target step {f['z_s']:.1f} s "
+              f"(median of {args.repeats}: {', '.join(f'{t:.1f}' for t in times[label])}), {f['z_requests_per_s']:.2f} "
+              f"requests/s, x{f['z_speedup']:.2f} vs the loop; {f['loss_evals']:.1f} loss evaluations per request; "
+              f"efficacy token acc {f['efficacy_token_acc']:.3f}, success {f['efficacy_success']:.3f}; z offsets differ "
+              f"from the loop's by {f['z_offset_rel_diff_median']:.1e} (median) / {f['z_offset_rel_diff_max']:.1e} "
+              f"(max), ΔW cosine ≥ {f['dW_cos_min']:.4f}", flush=True)
     if not args.no_log:
         tracking.log_benchmark(f"memit-batch-{args.model}", vars(args), figures)
 
