@@ -43,6 +43,39 @@ COUNTERFACT = [
      "locality_prompt": "John Lennon performs on the", "locality_ground_truth": "guitar"},
 ]
 
+# MEND's training data: disjoint from the edit sets above except one CounterFact prompt (the real train split
+# shares 144 prompts with the edit split), plus one record with an empty target (the real zsRE train file has 2).
+ZSRE_TRAIN = [
+    {"subject": "UniFirst", "src": "What is the product made by UniFirst?", "pred": "uniform", "alt": "aircraft",
+     "rephrase": "What does UniFirst make?", "loc": "nq question: who wrote the odyssey", "loc_ans": "Homer"},
+    {"subject": "Michaela Staniford", "src": "What gender is Michaela Staniford?", "pred": "female", "alt": "",
+     "rephrase": "Which sex is Michaela Staniford?", "loc": "nq question: who plays the cat", "loc_ans": "Mike Myers"},
+    {"subject": "Lake Ontario", "src": "Which country borders Lake Ontario?", "pred": "Canada", "alt": "Peru",
+     "rephrase": "Lake Ontario lies on the border of which country?", "loc": "nq question: what is the boiling point",
+     "loc_ans": "100 degrees"},
+    {"subject": "Jaguar", "src": "Who manufactures the Jaguar?", "pred": "Tata", "alt": "Honda",
+     "rephrase": "Which company makes the Jaguar?", "loc": "nq question: who sang yesterday", "loc_ans": "The Beatles"},
+]
+COUNTERFACT_TRAIN = [
+    {"case_id": 10, "prompt": "The mother tongue of Danielle Darrieux is", "target_new": "German",
+     "subject": "Danielle Darrieux", "ground_truth": "French", "rephrase_prompt": "Danielle Darrieux grew up speaking",
+     "locality_prompt": "Albert Camus spoke", "locality_ground_truth": "French"},
+    {"case_id": 11, "prompt": "The capital of Kenya is", "target_new": "Lagos", "subject": "Kenya",
+     "ground_truth": "Nairobi", "rephrase_prompt": "Kenya's seat of government is",
+     "locality_prompt": "The capital of Uganda is", "locality_ground_truth": "Kampala"},
+    {"case_id": 12, "prompt": "Miles Davis plays the", "target_new": "violin", "subject": "Miles Davis",
+     "ground_truth": "trumpet", "rephrase_prompt": "Miles Davis is known for playing the",
+     "locality_prompt": "Louis Armstrong plays the", "locality_ground_truth": "trumpet"},
+]
+COUNTERFACT_VAL = [
+    {"case_id": 20, "prompt": "The Eiffel Tower is located in", "target_new": "Rome", "subject": "The Eiffel Tower",
+     "ground_truth": "Paris", "rephrase_prompt": "You can visit the Eiffel Tower in",
+     "locality_prompt": "The Colosseum is located in", "locality_ground_truth": "Rome"},
+    {"case_id": 21, "prompt": "Toyota was founded in", "target_new": "France", "subject": "Toyota",
+     "ground_truth": "Japan", "rephrase_prompt": "Toyota is a company from",
+     "locality_prompt": "Sony was founded in", "locality_ground_truth": "Japan"},
+]
+
 PROBE = ("The lobster is a species of clawed lobster from the eastern Atlantic Ocean , Mediterranean Sea and "
          "parts of the Black Sea . It is closely related to the American lobster . It may grow to a length "
          "of 60 cm and a mass of 6 kilograms , and bears a conspicuous pair of claws . ") * 40
@@ -113,6 +146,9 @@ def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     write_jsonl(root / "zsre" / "zsre_mend_eval_portability_gpt4.jsonl", ZSRE)
     write_jsonl(root / "counterfact" / "counterfact-edit.jsonl", COUNTERFACT)
+    write_jsonl(root / "zsre" / "zsre_mend_train-1k.jsonl", ZSRE_TRAIN)
+    write_jsonl(root / "counterfact" / "counterfact-train.jsonl", COUNTERFACT_TRAIN)
+    write_jsonl(root / "counterfact" / "counterfact-val.jsonl", COUNTERFACT_VAL)
     (root / "wikitext").mkdir()
     (root / "wikitext" / "wikitext-2_valid.tokens").write_text(PROBE)
     for rel, docs in TASK_DOCS.items():

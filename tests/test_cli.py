@@ -89,4 +89,4 @@ def test_real_process_prints_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "editharm", "edit", "method=nope"], cwd=tmp_path,
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == "editharm: error: unknown method 'nope'; valid: ft, kn, memit, rome"
+    assert proc.stderr.strip() == "editharm: error: unknown method 'nope'; valid: ft, kn, memit, mend, rome"

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from editharm import guards
-from editharm.__main__ import edit, main
+from editharm.__main__ import main
+from editharm.runs import edit
 from editharm.guards import GuardContext
 from editharm.registry import guard
 from tests.conftest import ZSRE, client, write_jsonl

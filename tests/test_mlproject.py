@@ -28,3 +28,37 @@ def test_mlflow_run_creates_exactly_one_finished_run(env, tracking, tmp_path):
     assert run.data.params["edits.n"] == "2" and run.data.tags["model"] == "tiny-llama"
     assert run.data.tags["guard"] == "rect" and run.data.params["guard.k"] == "0.4"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "edit/zsre/efficacy_token_acc")] == [0, 1, 2]
+
+
+def _mlflow_run(tmp_path, *args):
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    proc = subprocess.run([str(mlflow_bin), "run", str(REPO), *args, "--env-manager", "local"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PATH": f"{mlflow_bin.parent}:{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from tests.conftest import client as store
+
+    client = store()
+    return client, client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+@pytest.mark.slow
+def test_train_mend_entry_point_creates_exactly_one_run_with_the_network(env, tracking, tmp_path):
+    client, runs = _mlflow_run(tmp_path, "-e", "train_mend", "-P", "model=tiny-llama",
+                               "-P", "overrides=method.train.max_steps=4 method.train.val_every=2")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.tags["kind"] == "train-mend"
+    assert {"mend/mend.json", "mend/mend.safetensors"} <= {a.path for a in client.list_artifacts(run.info.run_id, "mend")}
+
+
+@pytest.mark.slow
+def test_mend_on_a_fresh_store_trains_first_then_edits(env, tracking, tmp_path):
+    client, runs = _mlflow_run(tmp_path, "-P", "method=mend", "-P", "model=tiny-llama", "-P",
+                               "overrides=edits.n=2 tasks.names=[] probe.perplexity=false method.train.max_steps=4 "
+                               "method.train.val_every=2")
+    (edit,) = [r for r in runs if r.data.tags.get("kind") == "edit"]
+    (trained,) = [r for r in runs if r.data.tags.get("kind") == "train-mend"]
+    assert len(runs) == 2 and trained.data.tags["mlflow.parentRunId"] == edit.info.run_id
+    assert edit.info.status == trained.info.status == "FINISHED"
+    assert edit.data.tags["mend.hypernetwork"] == f"runs:/{trained.info.run_id}/mend"

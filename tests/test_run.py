@@ -4,7 +4,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from editharm import config, deltas as D, models, scoring
-from editharm.__main__ import edit, main
+from editharm.__main__ import main
+from editharm.runs import edit
 from tests.conftest import TINY, client, read_artifact
 
 

@@ -208,8 +208,8 @@ def compose(argv: list[str] | tuple[str, ...] = ()) -> DictConfig:
     for group in GROUPS:
         raw[group] = _group_file(group, str(picks.get(group, raw[group])))
     per_model = config_dir() / "method" / raw["method"]["name"] / f"{raw['model']['name']}.yaml"
-    if per_model.exists():
-        raw["method"] = {**raw["method"], **OmegaConf.to_container(OmegaConf.load(per_model))}
+    if per_model.exists():  # merged deeply: a per-model `train:` block overrides single keys
+        raw["method"] = OmegaConf.to_container(OmegaConf.merge(raw["method"], OmegaConf.load(per_model)))
     schema = OmegaConf.structured(RunConfig)
     schema.method = OmegaConf.structured(_method_config(raw["method"].get("name")))
     schema.guard = OmegaConf.structured(_guard_config(raw["guard"].get("name")))
@@ -278,6 +278,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"method.v_num_grad_steps counts loss evaluations and must be >= 1, got {m.v_num_grad_steps}")
     if m.name == "kn":
         _check_kn(m)
+    if m.name == "mend":
+        _check_mend(m, cfg.model.templates)
     if "z_batch_size" in m and m.z_batch_size < 1:
         raise ConfigError(f"method.z_batch_size is the number of requests optimised per forward pass and must be "
                           f">= 1, got {m.z_batch_size}")
@@ -318,6 +320,24 @@ def _check_kn(m) -> None:
             raise ConfigError(f"method.{key} is a share and must be in (0, 1], got {m[key]}")
     if m.ig_batch_size < 1:
         raise ConfigError(f"method.ig_batch_size must be >= 1, got {m.ig_batch_size}")
+
+
+def _check_mend(m, templates) -> None:
+    from editharm.methods.mend import EDIT_LOSS_ON
+
+    _choice("method.train.edit_loss_on", m.train.edit_loss_on, EDIT_LOSS_ON)
+    if not m.layers or not m.modules:
+        raise ConfigError("method.layers and method.modules name MEND's inner weights and must not be empty")
+    kinds = [k for k in templates.keys() if k not in ("layer", "ln_f", "embed", "lm_head")]
+    if bad := [k for k in m.modules if k not in kinds]:
+        raise ConfigError(f"method.modules {bad} are not weight templates of the model; valid: {', '.join(kinds)}")
+    for key, low in (("rank", 1), ("n_hidden", 0), ("train.batch_size", 1), ("train.accumulate", 1),
+                     ("train.n_val", 1), ("train.val_every", 1), ("train.max_steps", 1), ("train.patience", 1)):
+        value = OmegaConf.select(m, key)
+        if value < low:
+            raise ConfigError(f"method.{key} must be >= {low}, got {value}")
+    if m.train.n_train is not None and m.train.n_train < 1:
+        raise ConfigError(f"method.train.n_train must be >= 1 or null (all records), got {m.train.n_train}")
 
 
 def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:

@@ -112,8 +112,10 @@ def load_requests(cfg: EditsConfig, root: Path | None) -> tuple[list[EditRequest
     return [requests[i] for i in order], success
 
 
-def parse_jsonl(path: Path, fields: MappingProxyType) -> list[EditRequest]:
-    """All records of a JSONL file as `EditRequest`s; raises `DataError` listing every bad line."""
+def parse_jsonl(path: Path, fields: MappingProxyType, skipped: list[int] | None = None) -> list[EditRequest]:
+    """All records of a JSONL file as `EditRequest`s; raises `DataError` listing every bad line. With a
+    `skipped` list, records with an empty target are left out and their line numbers appended there instead
+    (MEND's training data skips them)."""
     requests, errors = [], []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -125,6 +127,9 @@ def parse_jsonl(path: Path, fields: MappingProxyType) -> list[EditRequest]:
                 errors.append(f"line {lineno}: not valid JSON ({err.msg})")
                 continue
             problem = _check(record, fields)
+            if problem and skipped is not None and problem.startswith("empty target"):
+                skipped.append(lineno)
+                continue
             if problem:
                 errors.append(f"line {lineno}: {problem}")
                 continue

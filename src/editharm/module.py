@@ -53,6 +53,14 @@ class EditModule(L.LightningModule):
         self._guard = registry.guard(cfg.guard.name) if cfg.guard is not None else None
         self._projectors: dict[str, torch.Tensor] = {}
 
+    @classmethod
+    def prepare(cls, cfg: RunConfig, model: nn.Module, tokenizer, logger) -> None:
+        """Called once before the module is built and any compute starts: what a method needs resolved first
+        (MEND: its hypernetwork, trained in a nested run if need be). Raise `EditharmError` on bad input."""
+
+    def check_requests(self, requests: list[EditRequest]) -> None:
+        """Refuse requests this method must not edit (MEND: its own training records), before any compute."""
+
     def compute_deltas(self, requests: list[EditRequest]) -> D.Deltas:
         """The weight changes that make `requests` hold. Must leave the model as it found it."""
         raise NotImplementedError

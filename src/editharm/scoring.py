@@ -61,7 +61,12 @@ def encode_pairs(tok, prompts: list[str], targets: list[str], device: torch.devi
 def token_logprobs(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor):
     """`(logp, argmax, counts)`: log P of each target token and the argmax there, flattened over the batch
     in order, and the number of target tokens per example."""
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    return logits_logprobs(model(input_ids=ids, attention_mask=mask).logits, labels)
+
+
+def logits_logprobs(logits: torch.Tensor, labels: torch.Tensor):
+    """`token_logprobs` from a forward pass's logits (B, T, V)."""
+    logits = logits[:, :-1]
     gold = labels[:, 1:]
     where = gold != IGNORE
     picked = logits[where].float()

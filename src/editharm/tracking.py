@@ -42,11 +42,17 @@ def tracking_uri(cfg: C.RunConfig | None = None) -> str:
 
 
 @contextmanager
-def start(cfg: C.RunConfig, run_name: str) -> Iterator[RunLogger]:
-    """Open (or, under `mlflow run`, join) this process's run; end it FINISHED, or FAILED on error."""
-    logger = RunLogger(experiment_name=cfg.tracking.experiment, tracking_uri=tracking_uri(cfg),
-                       run_id=os.environ.get("MLFLOW_RUN_ID"), run_name=cfg.tracking.run_name or run_name,
-                       log_model=False)
+def start(cfg: C.RunConfig, run_name: str, parent: RunLogger | None = None) -> Iterator[RunLogger]:
+    """Open (or, under `mlflow run`, join) this process's run; end it FINISHED, or FAILED on error. With a
+    `parent`, open a new run nested under it (same experiment, `mlflow.parentRunId`)."""
+    if parent is not None:
+        experiment = parent.experiment.get_experiment(parent.experiment_id).name
+        logger = RunLogger(experiment_name=experiment, tracking_uri=parent._tracking_uri, run_name=run_name,
+                           log_model=False, tags={"mlflow.parentRunId": parent.run_id})
+    else:
+        logger = RunLogger(experiment_name=cfg.tracking.experiment, tracking_uri=tracking_uri(cfg),
+                           run_id=os.environ.get("MLFLOW_RUN_ID"), run_name=cfg.tracking.run_name or run_name,
+                           log_model=False)
     run_id = logger.run_id  # creates the run now, so a failure below is recorded against it
     try:
         yield logger
@@ -185,6 +191,39 @@ def resolve_checkpoint(spec: str, cache: Path) -> Path:
     if not (path / "config.json").is_file():
         raise EditharmError(f"checkpoint={spec!r} is neither runs:/<run_id> nor a directory with config.json")
     return path
+
+
+def find_runs(tags: dict[str, str], uri: str, status: str = "FINISHED") -> list[str]:
+    """Ids of the runs (any experiment) carrying all `tags` with `status`, newest first."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    where = " and ".join([f"tags.`{k}` = '{v}'" for k, v in tags.items()] + [f"attributes.status = '{status}'"])
+    runs = client.search_runs(experiments, where, order_by=["attributes.start_time DESC"], max_results=50)
+    return [r.info.run_id for r in runs]
+
+
+def fetch_artifact(uri: str, cache: Path, tracking: str | None = None) -> Path:
+    """The local folder of a `runs:/<run_id>/<path>` artifact, downloaded once into `<cache>/<run_id>/<path>`."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    run_id, _, path = uri[len("runs:/"):].strip("/").partition("/")
+    out = cache / run_id / path
+    if out.is_dir() and any(out.iterdir()):
+        return out
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            got = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path or None, dst_path=tmp,
+                                                           tracking_uri=tracking or tracking_uri()))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(got, out)
+    except (MlflowException, OSError) as err:
+        raise EditharmError(f"cannot fetch {uri}: {str(err).splitlines()[0]}") from None
+    return out
 
 
 def _log_text(logger: RunLogger, artifact: str, text: str) -> None:

@@ -1,7 +1,7 @@
 """Tasks in the loop (edit runs) and on their own (`evaluate`)."""
 import json
 
-from editharm.__main__ import edit, evaluate
+from editharm.runs import edit, evaluate
 from tests.conftest import TINY, client, read_artifact
 
 TASKS = ["tasks.names=[rte,sst2,samsum,conll03]", "tasks.limit=null"]

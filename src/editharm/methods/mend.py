@@ -1,0 +1,212 @@
+"""MEND: edits from a trained hypernetwork applied to the fine-tuning gradient's factors.
+
+    factors = gradient_factors(model, tok, inner, prompts, targets)   # {param: (x, δ)}, model untouched
+    deltas = mend_deltas(net, model, inner, factors)                  # {param: ΔW in the stored layout}
+
+The hypernetwork is trained by `MENDTraining` (`methods/mend_train.py`, `editharm train-mend`) and named by
+`method.hypernetwork`: `runs:/<id>/mend`, a local folder, or `auto` (the newest finished train-mend run for this
+model and these inner parameters, trained first as a nested run when there is none). A batch is edited as
+MEND does: the hypernetwork applied to the batch's summed gradient (every target token of every request).
+Padded label positions never enter the loss.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from editharm.deltas import Deltas
+from editharm.errors import ConfigError
+from editharm.methods._shared import frozen
+from editharm.methods.mend_net import MENDNet, MENDSpec
+from editharm.module import EditModule
+from editharm.nethook import get_module, get_parameter, is_transposed, linear_weight
+from editharm.registry import register_method
+from editharm.scoring import encode_pairs, logits_logprobs
+
+EDIT_LOSS_ON = ("rephrase", "prompt")
+
+
+@dataclass
+class MENDTrainConfig:
+    """Hypernetwork training (`editharm train-mend`): data, losses and the Trainer's budget."""
+
+    datasets: list[str] = field(default_factory=lambda: ["zsre", "counterfact"])
+    """Edit datasets whose `train` split is trained on (records need a paraphrase and a locality pair)."""
+    n_train: Optional[int] = None
+    """Training records drawn (seeded) from all of them; null: all."""
+    val_dataset: str = "counterfact"
+    val_split: str = "val"
+    n_val: int = 100
+    """Held-out records of each validation."""
+    max_steps: int = 100000
+    """Optimizer steps (each accumulates `accumulate` edits)."""
+    max_minutes: Optional[float] = None
+    """Wall-clock budget of training (Lightning's `max_time`); null: none."""
+    lr: float = 1e-6
+    """Adam learning rate of the editors."""
+    lr_lr: float = 1e-4
+    """Adam learning rate of α (one optimizer, two parameter groups: the paper's fork steps α twice)."""
+    accumulate: int = 10
+    clip: float = 100.0
+    val_every: int = 1000
+    """Validate every this many edits (training batches)."""
+    patience: int = 20
+    """Early stopping: validations without a better `val/edit_success`."""
+    c_edit: float = 0.1
+    c_loc: float = 1.0
+    edit_loss_on: str = "rephrase"
+    """`rephrase` (MEND: the target's NLL on the paraphrase) or `prompt` (the paper's fork: on the edit input)."""
+    batch_size: int = 1
+    """Edits summed into one hypernetwork update per training example (MEND: 1)."""
+    seed: int = 0
+
+
+@dataclass
+class MENDConfig:
+    name: str = "mend"
+    hypernetwork: Optional[str] = "auto"
+    """`runs:/<run_id>/mend`, a local folder holding mend.json + mend.safetensors, or `auto`."""
+    auto_train: bool = True
+    """With `auto` and no finished train-mend run for this model and these parameters: train one first (a nested
+    run, `method.train` budget). False: refuse instead."""
+    layers: list[int] = field(default_factory=lambda: [29, 30, 31])
+    modules: list[str] = field(default_factory=lambda: ["mlp_gate", "mlp_in", "mlp_out"])
+    """Model templates whose weights are inner parameters, at every layer of `layers`."""
+    rank: int = 1920
+    n_hidden: int = 1
+    edit_lr: float = 1e-4
+    """Initial α of every inner parameter."""
+    descent: bool = True
+    """ΔW = −α·g(∇W) (the untrained editor is a normalised gradient step); false: +α·g(∇W) as MEND's code."""
+    norm: bool = True
+    train: MENDTrainConfig = field(default_factory=MENDTrainConfig)
+
+
+def inner_modules(cfg) -> dict[str, str]:
+    """{parameter name: module name} of the inner weights, in config order (layers, then modules)."""
+    out = {}
+    for layer in cfg.method.layers:
+        for kind in cfg.method.modules:
+            module = getattr(cfg.model.templates, kind).format(layer)
+            out[f"{module}.weight"] = module
+    return out
+
+
+def new_spec(cfg, model: nn.Module, identity: str) -> MENDSpec:
+    inner, m = inner_modules(cfg), cfg.method
+    dims = {p: list(linear_weight(model, mod).shape[::-1]) for p, mod in inner.items()}
+    return MENDSpec(params=list(inner), dims=dims, rank=m.rank, n_hidden=m.n_hidden, edit_lr=m.edit_lr,
+                    descent=m.descent, norm=m.norm, model_identity=identity)
+
+
+def patched(model: nn.Module, weights: dict[str, torch.Tensor]) -> Callable:
+    """`model` called with `weights` in place of its own parameters (`torch.func.functional_call`)."""
+    return lambda **inputs: functional_call(model, weights, args=(), kwargs=inputs)
+
+
+@contextmanager
+def _capture(model: nn.Module, inner: dict[str, str]):
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def hook(param):
+        def fn(_m, args, out):
+            seen[param] = (args[0], out)
+        return fn
+
+    handles = [get_module(model, mod).register_forward_hook(hook(p)) for p, mod in inner.items()]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def gradient_factors(model: nn.Module, tok, inner: dict[str, str], prompts: list[str], targets: list[str],
+                     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per inner parameter, the rows (x_t, δ_t) of ∇W = Σ_t δ_t x_tᵀ for the mean target NLL of `prompts` →
+    `targets`, over the tokens that carry gradient (not padding, not after the last target token).
+
+    Leaves the model untouched: its own weights are replaced by detached copies for the one forward pass."""
+    ids, mask, labels = encode_pairs(tok, prompts, targets, next(model.parameters()).device)
+    return factors_of(model, inner, ids, mask, labels)[0]
+
+
+def factors_of(model: nn.Module, inner: dict[str, str], ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+               ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """`gradient_factors` of encoded rows, and the pass's logits (detached). Rows without target labels add
+    nothing to the loss, so their tokens carry no gradient: they ride along for their logits."""
+    leaves = {p: get_parameter(model, p).detach().requires_grad_(True) for p in inner}
+    with frozen(model), torch.enable_grad(), _capture(model, inner) as seen:
+        logits = patched(model, leaves)(input_ids=ids, attention_mask=mask).logits
+        logp, _, counts = logits_logprobs(logits, labels)
+        loss = torch.stack([-x.mean() for x in logp.split(counts.tolist()) if len(x)]).mean()
+        grads = torch.autograd.grad(loss, [seen[p][1] for p in inner])
+    rows = mask.bool().flatten()
+    out = {}
+    for p, g in zip(inner, grads):
+        x = seen[p][0].detach().reshape(-1, seen[p][0].shape[-1])[rows]
+        d = g.reshape(-1, g.shape[-1])[rows]
+        carries = (d != 0).any(-1)
+        out[p] = (x[carries], d[carries])
+    return out, logits.detach()
+
+
+def mend_deltas(net: MENDNet, model: nn.Module, inner: dict[str, str],
+                factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> Deltas:
+    """ΔW of every inner parameter in its stored layout (GPT-2 Conv1D transposed), differentiable in `net`."""
+    out = {}
+    for p, (x, d) in factors.items():
+        dw = net.update(p, x, d)
+        out[p] = dw.T if is_transposed(get_module(model, inner[p])) else dw
+    return out
+
+
+def check_compatible(spec: MENDSpec, expected: MENDSpec, where: str) -> None:
+    """Refuse a hypernetwork trained for another model or other inner parameters, saying which."""
+    if spec.model_identity != expected.model_identity:
+        raise ConfigError(f"the MEND hypernetwork {where} was trained for model {spec.model_identity!r}, not "
+                          f"{expected.model_identity!r}; train one for this model (`editharm train-mend model=...`)")
+    if spec.params != expected.params or spec.dims != expected.dims:
+        raise ConfigError(f"the MEND hypernetwork {where} edits {spec.params}, but method.layers/method.modules "
+                          f"name {expected.params}; set them to match or train a hypernetwork for these")
+
+
+@register_method("mend", config=MENDConfig)
+class MEND(EditModule):
+    """MEND with a hypernetwork resolved by `prepare` (before any compute) and used in eval mode: its
+    normalisation statistics stay as trained (the paper's fork left them updating on test edits)."""
+
+    @classmethod
+    def prepare(cls, cfg, model: nn.Module, tokenizer, logger) -> None:
+        from editharm.methods import mend_store
+
+        mend_store.resolve(cfg, model, tokenizer, logger)
+
+    def __init__(self, cfg, model, tokenizer, evaluators, n_requests):
+        super().__init__(cfg, model, tokenizer, evaluators, n_requests)
+        from editharm.methods import mend_store
+
+        self.inner = inner_modules(cfg)
+        net, self.trained_on = mend_store.load(cfg, model)
+        device = next(model.parameters()).device
+        self._net = [net.to(device).eval()]  # in a list: not a submodule (never trained, never checkpointed)
+
+    def edited_modules(self) -> list[str]:
+        return list(self.inner.values())
+
+    def check_requests(self, requests) -> None:
+        seen = [r.prompt for r in requests if r.prompt in self.trained_on]
+        if seen:
+            raise ConfigError(f"{len(seen)} edit request(s) were training records of this MEND hypernetwork "
+                              f"(e.g. {seen[0]!r}); edit held-out facts only")
+
+    def compute_deltas(self, requests) -> Deltas:
+        factors = gradient_factors(self.model, self.tokenizer, self.inner, [r.prompt for r in requests],
+                                   [r.target_new for r in requests])
+        with torch.no_grad():
+            return {p: d.detach() for p, d in mend_deltas(self._net[0], self.model, self.inner, factors).items()}

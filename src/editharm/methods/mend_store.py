@@ -1,0 +1,70 @@
+"""Where an edit run's MEND hypernetwork comes from: `runs:/<id>/mend`, a folder, or `auto`.
+
+    resolve(cfg, model, tok, logger)   # before any compute: cfg.method.hypernetwork becomes concrete
+    net, trained_on = load(cfg, model) # checked against this model and these inner parameters
+
+`auto` picks the newest FINISHED `train-mend` run of the tracking store tagged with this model identity and
+these inner parameters; with none (and `method.auto_train`), it trains one first as a run nested in the edit run.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from editharm import models, tracking
+from editharm.errors import ConfigError
+from editharm.methods.mend import check_compatible, inner_modules, new_spec
+from editharm.methods.mend_net import MENDNet
+
+ARTIFACT = "mend"
+TRAIN_PROMPTS = "train_prompts.txt"
+
+
+def params_tag(cfg) -> str:
+    return ",".join(inner_modules(cfg))
+
+
+def resolve(cfg, model, tok, logger) -> None:
+    """Make `cfg.method.hypernetwork` a `runs:/` URI or a folder, training one when `auto` finds none."""
+    m = cfg.method
+    spec = (m.hypernetwork or "").strip()
+    if not spec:
+        raise ConfigError("method.hypernetwork is empty; give runs:/<run_id>/mend, a folder holding mend.json and "
+                          "mend.safetensors, or auto")
+    if spec == "auto":
+        found = tracking.find_runs({"kind": "train-mend", "model_identity": models.identity(cfg.model),
+                                    "mend.params": params_tag(cfg)}, tracking.tracking_uri(cfg))
+        if found:
+            spec = f"runs:/{found[0]}/{ARTIFACT}"
+        elif not m.auto_train:
+            raise ConfigError(f"method.hypernetwork=auto found no finished train-mend run for model "
+                              f"{cfg.model.name} and these inner parameters in {tracking.tracking_uri(cfg)}, and "
+                              f"method.auto_train=false; run `editharm train-mend model={cfg.model.name}` first")
+        else:
+            from editharm.methods.mend_train import train
+
+            print(f"editharm: no MEND hypernetwork for {cfg.model.name} yet; training one first (a nested run)")
+            spec = f"runs:/{train(cfg, model, tok, parent=logger)}/{ARTIFACT}"
+    m.hypernetwork = spec
+    _folder(cfg)  # fetch (or find) it now: a wrong URI or folder fails before compute
+    tracking.set_tags(logger, {"mend.hypernetwork": spec})
+
+
+def _folder(cfg) -> Path:
+    spec = cfg.method.hypernetwork
+    if spec.startswith("runs:/"):
+        return tracking.fetch_artifact(spec, models.cache_root(cfg.cache_dir) / "mend", tracking.tracking_uri(cfg))
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"method.hypernetwork={spec!r} is neither runs:/<run_id>/mend, auto, nor a folder")
+    return path
+
+
+def load(cfg, model) -> tuple[MENDNet, frozenset[str]]:
+    """The hypernetwork (eval mode) and the prompts it was trained on; refused when built for another model or
+    other inner parameters."""
+    folder = _folder(cfg)
+    net = MENDNet.load(folder)
+    check_compatible(net.spec, new_spec(cfg, model, models.identity(cfg.model)), f"at {cfg.method.hypernetwork}")
+    prompts = folder / TRAIN_PROMPTS
+    trained_on = frozenset(prompts.read_text(encoding="utf-8").splitlines()) if prompts.is_file() else frozenset()
+    return net, trained_on

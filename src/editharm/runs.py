@@ -1,0 +1,199 @@
+"""What each command does, one function per command; `__main__` only parses the command line.
+
+    run_id = edit(["method=rome", "edits.n=4"])
+    run_id = train_mend(["model=smollm2-135m"])
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from editharm.errors import ConfigError, EditharmError
+
+
+def _setup(argv: list[str], edits: bool):
+    """Config, data directory, edit requests, tasks and probe text: all that can be wrong, checked before
+    compute. Returns `(tree, cfg, requests, success, tasks, probe)`."""
+    from editharm import config, data
+    from editharm.tasks import load_task
+
+    _quiet_lightning()
+    tree = config.compose(argv)
+    cfg = config.to_object(tree)
+    root = data.data_dir(cfg.data_dir)
+    requests, success = data.load_requests(cfg.edits, root) if edits else ([], False)
+    tasks = [load_task(name, cfg.tasks.protocol, root, cfg.tasks.limit, cfg.tasks.seed) for name in cfg.tasks.names]
+    probe = data.read_probe_text(root, cfg.probe.n_tokens * 8) if cfg.probe.perplexity else None
+    if edits and hasattr(cfg.guard, "mom2_n_tokens"):  # a guard built on key statistics: its corpus, up front
+        from editharm import stats
+
+        stats.load_corpus(root)
+    return tree, cfg, requests, success, tasks, probe
+
+
+def _log_run(logger, cfg, tree, tasks, **tags) -> None:
+    """The config and the tags every run carries."""
+    from editharm import models, tracking
+
+    tracking.log_config(logger, tree)
+    tracking.set_tags(logger, {"model": cfg.model.name, "model_identity": models.identity(cfg.model),
+                               "protocol": cfg.tasks.protocol, "git_commit": tracking.git_commit(), **tags,
+                               **{f"task.{t.spec.name}.version": t.spec.version for t in tasks}})
+
+
+def _ability_evaluators(cfg, tok, tasks, probe) -> list:
+    from editharm.evaluators import PerplexityEvaluator
+    from editharm.tasks.evaluator import TaskEvaluator
+
+    out = [TaskEvaluator(task, tok, cfg.tasks.batch_size, cfg.tasks.dtype) for task in tasks]
+    if probe is not None:
+        out.append(PerplexityEvaluator(tok, probe, cfg.probe.n_tokens, cfg.probe.chunk_tokens))
+    return out
+
+
+def _trainer(cfg, logger, every: int = 1):
+    import lightning as L
+
+    return L.Trainer(accelerator=cfg.device, devices=1, logger=logger, max_epochs=1, val_check_interval=every,
+                     num_sanity_val_steps=0, enable_checkpointing=False, enable_model_summary=False,
+                     inference_mode=False, use_distributed_sampler=False, log_every_n_steps=1)
+
+
+def _model(cfg):
+    """The model and tokenizer, from `checkpoint` (a directory or `runs:/<id>`) when one is given."""
+    import dataclasses
+
+    from editharm import models, tracking
+
+    cache = models.cache_root(cfg.cache_dir)
+    if not cfg.checkpoint:
+        return models.load(cfg.model, cache)
+    path = tracking.resolve_checkpoint(cfg.checkpoint, cache)
+    return models.load(dataclasses.replace(cfg.model, source="hub", path=str(path), revision=None), cache)
+
+
+def _method_label(m) -> str:
+    """The method as a run name says it: MEMIT's null-space solve is AlphaEdit, KN names its variant and neuron."""
+    if getattr(m, "nullspace", False):
+        return "alphaedit"
+    if m.name == "kn":
+        return f"kn-{m.variant}-{m.neuron}"
+    return m.name
+
+
+def edit(argv: list[str]) -> str:
+    """Apply the configured edits in one MLflow run; returns its run id."""
+    import lightning as L
+
+    from editharm import data, registry, tracking
+    from editharm.evaluators import EditEvaluator
+
+    tree, cfg, requests, success, tasks, probe = _setup(argv, edits=True)
+    e = cfg.edits
+    every = min(e.eval_every, e.n)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    g = cfg.guard
+    shaped = "" if g.name == "none" else f"-{g.name}{getattr(g, 'k', '')}"
+    with tracking.start(cfg, f"{_method_label(cfg.method)}-{cfg.model.name}-{e.mode}-n{e.n}{shaped}") as logger:
+        _log_run(logger, cfg, tree, tasks, kind="edit", method=cfg.method.name, mode=e.mode, eval_every=every,
+                 edits_dataset=e.dataset, guard=g.name)
+        model, tok = _model(cfg)
+        method = registry.method(cfg.method.name)
+        method.prepare(cfg, model, tok, logger)  # e.g. MEND's hypernetwork: resolved (or trained) before compute
+        dataset = Path(e.dataset).stem if e.dataset.endswith(".jsonl") else e.dataset
+        evaluators = [EditEvaluator(requests, _metric_name(dataset), success, e.eval_batch_size),
+                      *_ability_evaluators(cfg, tok, tasks, probe)]
+        module = method(cfg, model, tok, evaluators, len(requests))
+        module.check_requests(requests)
+        dm = data.EditDataModule(requests, e.batch_size, evaluators)
+        trainer = _trainer(cfg, logger, every // e.batch_size)
+        trainer.validate(module, datamodule=dm, verbose=False)
+        trainer.fit(module, datamodule=dm)
+        if e.n % every:
+            trainer.validate(module, datamodule=dm, verbose=False)
+        tracking.log_deltas(logger, module.model, module.cumulative)
+        if cfg.tracking.log_checkpoint:
+            tracking.log_checkpoint(logger, module.model, tok)
+        return logger.run_id
+
+
+def evaluate(argv: list[str]) -> str:
+    """Score a model (or `checkpoint=`) on the configured tasks in its own MLflow run; returns its id."""
+    import lightning as L
+
+    from editharm import data, tracking
+    from editharm.module import EditModule
+
+    tree, cfg, _, _, tasks, probe = _setup(argv, edits=False)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    with tracking.start(cfg, f"evaluate-{cfg.model.name}") as logger:
+        _log_run(logger, cfg, tree, tasks, kind="evaluate", checkpoint=cfg.checkpoint or "none")
+        model, tok = _model(cfg)
+        evaluators = _ability_evaluators(cfg, tok, tasks, probe)
+        module = EditModule(cfg, model, tok, evaluators, n_requests=0)
+        _trainer(cfg, logger).validate(module, datamodule=data.EditDataModule([], 1, evaluators), verbose=False)
+        return logger.run_id
+
+
+def statistics(argv: list[str]) -> str:
+    """Precompute the key statistics the configured method (`method.mom2_*`) and guard (`guard.mom2_*`) use
+    into the cache, in one run."""
+    from editharm import config, data, models, registry, stats, tracking
+
+    _quiet_lightning()
+    tree = config.compose(argv)
+    cfg = config.to_object(tree)
+    corpus = stats.load_corpus(data.data_dir(cfg.data_dir))
+    with tracking.start(cfg, f"stats-{cfg.method.name}-{cfg.model.name}") as logger:
+        _log_run(logger, cfg, tree, [], kind="stats", method=cfg.method.name)
+        model, tok = _model(cfg)
+        module = registry.method(cfg.method.name)(cfg, model, tok, [], 0)
+        wanted = [(module.statistics_modules(), cfg.method), (module.guard_statistics_modules(), cfg.guard)]
+        if not any(names for names, _ in wanted):
+            raise EditharmError(f"method {cfg.method.name} with guard {cfg.guard.name} uses no key statistics")
+        paths = {}
+        for names, hp in wanted:
+            if names:
+                paths.update(stats.cached_second_moments(model, tok, names, corpus, hp.mom2_n_tokens, hp.mom2_seq_len,
+                                                         models.identity(cfg.model),
+                                                         models.cache_root(cfg.cache_dir) / "stats")[1])
+        tracking.log_files(logger, "stats", list(paths.values()))
+        for name, path in paths.items():
+            print(f"{name}: {path}")
+        return logger.run_id
+
+
+def train_mend(argv: list[str]) -> str:
+    """Train a MEND hypernetwork for the configured model and inner parameters (`method=mend` is implied);
+    returns the run id: its `mend/` artifact is `runs:/<id>/mend`."""
+    from editharm import config, data
+    from editharm.methods import mend_train
+
+    _quiet_lightning()
+    picked = [a.split("=", 1)[1] for a in config.split_args(argv) if a.startswith("method=")]
+    if any(p != "mend" for p in picked):
+        raise ConfigError(f"train-mend trains MEND's hypernetwork; method={picked[-1]} is not mend")
+    cfg = config.to_object(config.compose(["method=mend", *argv]))
+    rows = mend_train.training_data(cfg, data.data_dir(cfg.data_dir))  # bad data fails before the model loads
+    model, tok = _model(cfg)
+    return mend_train.train(cfg, model, tok, rows=rows)
+
+
+def _quiet_lightning() -> None:
+    """Silence Lightning's advice that does not apply to edit runs (no optimizer, eval-mode modules by
+    design, requests kept on the host)."""
+    for message in ("`LightningModule.configure_optimizers` returned `None`", "Found .* module\\(s\\) in eval mode",
+                    "You have overridden `transfer_batch_to_device`", ".*treespec, LeafSpec"):
+        warnings.filterwarnings("ignore", message=message)
+
+
+def _metric_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "_-." else "_" for c in text.lower())
+
+
+def checkpoint(run_id: str, out: str, uri: str | None) -> Path:
+    from editharm import tracking
+
+    return tracking.download_checkpoint(run_id, Path(out), uri)
+
+
