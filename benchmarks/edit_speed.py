@@ -1,18 +1,22 @@
-"""Editing speed on a real model: key statistics with and without early exit, seconds per ROME/MEMIT/KN edit
-(and the share of KN's edit its attribution takes).
+"""Editing speed on a real model: key statistics with and without early exit, seconds per ROME/MEMIT/KN/MEND
+edit (and the share of KN's edit its attribution takes).
 
     python benchmarks/edit_speed.py                              # SmolLM2, layer 5, 10 CounterFact edits each
     python benchmarks/edit_speed.py --tokens 16384 --edits 10 --layer 5
 
 Statistics throughput is measured on the same token chunks both ways; edit times are the median over
-`--edits` CounterFact requests with statistics already cached (their one-off cost is printed apart).
+`--edits` CounterFact requests with statistics already cached (their one-off cost is printed apart). MEND edits
+with `--mend-hypernetwork` (runs:/<id>/mend or a folder), else with an untrained network of the configured
+shape: the same arithmetic, so the same seconds.
 Figures are printed and logged to MLflow (experiment `editharm-benchmarks`) unless --no-log.
 """
 from __future__ import annotations
 
 import argparse
 import statistics as st
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -51,6 +55,15 @@ def edit_seconds(name: str, model_name: str, requests, overrides: list[str]) -> 
     return figures
 
 
+def untrained_mend(model_name: str, folder: Path) -> Path:
+    from editharm.methods.mend import new_spec
+    from editharm.methods.mend_net import MENDNet
+
+    cfg = config.load([f"model={model_name}", "method=mend"])
+    model, _ = models.load(cfg.model, models.cache_root(cfg.cache_dir))
+    return MENDNet(new_spec(cfg, model, models.identity(cfg.model))).save(folder / "mend")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
@@ -58,6 +71,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=16384)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--edits", type=int, default=10)
+    p.add_argument("--mend-hypernetwork", default=None, help="runs:/<id>/mend or a folder (default: untrained)")
     p.add_argument("--no-log", action="store_true")
     args = p.parse_args()
 
@@ -70,8 +84,10 @@ def main() -> None:
           f"{figures['stats_full_forward_tokens_per_s']:.0f} tok/s (x{figures['stats_speedup']:.2f}); "
           f"torch threads {torch.get_num_threads()}")
     requests, _ = data.load_requests(config.load(["edits=counterfact", f"edits.n={args.edits}"]).edits, root)
-    for name in ("rome", "memit", "kn"):
-        f = edit_seconds(name, args.model, requests, [])
+    tmp = tempfile.TemporaryDirectory()
+    net = args.mend_hypernetwork or str(untrained_mend(args.model, Path(tmp.name)))
+    for name in ("rome", "memit", "kn", "mend"):
+        f = edit_seconds(name, args.model, requests, [f"method.hypernetwork={net}"] if name == "mend" else [])
         figures.update(f)
         share = f", attribution {f['kn_attribution_share']:.0%} of it" if name == "kn" else ""
         print(f"{name}: median {f[f'{name}_median_s_per_edit']:.1f} s per edit (max {f[f'{name}_max_s_per_edit']:.1f}){share}, "

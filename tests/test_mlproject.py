@@ -45,7 +45,7 @@ def _mlflow_run(tmp_path, *args):
 @pytest.mark.slow
 def test_train_mend_entry_point_creates_exactly_one_run_with_the_network(env, tracking, tmp_path):
     client, runs = _mlflow_run(tmp_path, "-e", "train_mend", "-P", "model=tiny-llama",
-                               "-P", "overrides=method.train.max_steps=4 method.train.val_every=2")
+                               "-P", "overrides=method.train.max_iters=4 method.train.val_every=2")
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.tags["kind"] == "train-mend"
@@ -55,7 +55,7 @@ def test_train_mend_entry_point_creates_exactly_one_run_with_the_network(env, tr
 @pytest.mark.slow
 def test_mend_on_a_fresh_store_trains_first_then_edits(env, tracking, tmp_path):
     client, runs = _mlflow_run(tmp_path, "-P", "method=mend", "-P", "model=tiny-llama", "-P",
-                               "overrides=edits.n=2 tasks.names=[] probe.perplexity=false method.train.max_steps=4 "
+                               "overrides=edits.n=2 tasks.names=[] probe.perplexity=false method.train.max_iters=4 "
                                "method.train.val_every=2")
     (edit,) = [r for r in runs if r.data.tags.get("kind") == "edit"]
     (trained,) = [r for r in runs if r.data.tags.get("kind") == "train-mend"]

@@ -325,14 +325,17 @@ def _check_kn(m) -> None:
 def _check_mend(m, templates) -> None:
     from editharm.methods.mend import EDIT_LOSS_ON
 
+    from editharm.methods.mend_train import MONITORS
+
     _choice("method.train.edit_loss_on", m.train.edit_loss_on, EDIT_LOSS_ON)
+    _choice("method.train.monitor", m.train.monitor, tuple(MONITORS))
     if not m.layers or not m.modules:
         raise ConfigError("method.layers and method.modules name MEND's inner weights and must not be empty")
     kinds = [k for k in templates.keys() if k not in ("layer", "ln_f", "embed", "lm_head")]
     if bad := [k for k in m.modules if k not in kinds]:
         raise ConfigError(f"method.modules {bad} are not weight templates of the model; valid: {', '.join(kinds)}")
     for key, low in (("rank", 1), ("n_hidden", 0), ("train.batch_size", 1), ("train.accumulate", 1),
-                     ("train.n_val", 1), ("train.val_every", 1), ("train.max_steps", 1), ("train.patience", 1)):
+                     ("train.n_val", 1), ("train.val_every", 1), ("train.max_iters", 1), ("train.patience", 1)):
         value = OmegaConf.select(m, key)
         if value < low:
             raise ConfigError(f"method.{key} must be >= {low}, got {value}")

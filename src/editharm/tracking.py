@@ -201,9 +201,9 @@ def find_runs(tags: dict[str, str], uri: str, status: str = "FINISHED") -> list[
     experiments = [e.experiment_id for e in client.search_experiments()]
     if not experiments:
         return []
-    where = " and ".join([f"tags.`{k}` = '{v}'" for k, v in tags.items()] + [f"attributes.status = '{status}'"])
-    runs = client.search_runs(experiments, where, order_by=["attributes.start_time DESC"], max_results=50)
-    return [r.info.run_id for r in runs]
+    runs = client.search_runs(experiments, f"attributes.status = '{status}'", order_by=["attributes.start_time DESC"],
+                              max_results=5000)
+    return [r.info.run_id for r in runs if all(r.data.tags.get(k) == v for k, v in tags.items())]  # any characters
 
 
 def fetch_artifact(uri: str, cache: Path, tracking: str | None = None) -> Path:
@@ -216,11 +216,12 @@ def fetch_artifact(uri: str, cache: Path, tracking: str | None = None) -> Path:
     if out.is_dir() and any(out.iterdir()):
         return out
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # renamed into place whole: never half a folder
             got = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path or None, dst_path=tmp,
                                                            tracking_uri=tracking or tracking_uri()))
-            out.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(got, out)
+            shutil.rmtree(out, ignore_errors=True)
+            got.rename(out)
     except (MlflowException, OSError) as err:
         raise EditharmError(f"cannot fetch {uri}: {str(err).splitlines()[0]}") from None
     return out

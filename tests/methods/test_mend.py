@@ -100,11 +100,11 @@ def test_running_norm_equals_numpy_on_a_stream():
 @pytest.mark.parametrize("model_name", ["tiny-llama", "tiny-gpt2"])
 def test_functional_forward_equals_deltas_applied_in_place(model_name):
     cfg, model, tok, inner = setup(model_name)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
     net = MENDNet(new_spec(cfg, model, "x")).eval()
     deltas = {p: d.detach() * 50 for p, d in mend_deltas(net, model, inner, gradient_factors(
         model, tok, inner, PROMPTS, TARGETS)).items()}
     ids, mask, _ = encode_pairs(tok, PROMPTS, TARGETS)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
     with torch.no_grad():
         original = model(input_ids=ids, attention_mask=mask).logits
         functional = patched(model, {p: get_parameter(model, p) + d for p, d in deltas.items()})(
@@ -117,32 +117,58 @@ def test_functional_forward_equals_deltas_applied_in_place(model_name):
 
 
 def _train(*overrides):
-    return train_mend(["model=tiny-llama", "tracking.log_checkpoint=false", *overrides])
+    return train_mend(["model=tiny-llama", *overrides])
 
 
-def test_training_lowers_validation_loss_and_logs_a_loadable_network(env, tmp_path):
-    run_id = _train("method.train.max_steps=30", "method.train.val_every=10")
+def test_training_lowers_validation_loss_and_keeps_the_best_network(env):
+    """norm=false, so that step 0 (the identity editor and the initial α) differs from later validations only by
+    what was trained. The base model ends as it began: weights, flags, no gradients; the global RNG too."""
+    from editharm.methods import mend_train
+
+    cfg, model, tok, _ = setup("tiny-llama", "method.norm=false", "method.train.max_iters=30",
+                               "method.train.val_every=10")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    run_id = mend_train.train(cfg, model, tok)
+    assert torch.equal(torch.rand(3), expected)  # training drew from its own seeded RNG, then restored ours
+    assert all(torch.equal(before[n], p) and p.grad is None and p.requires_grad for n, p in model.named_parameters())
     run = client().get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["kind"] == "train-mend"
     assert run.data.tags["data.dropped_eval_overlap"] == "1"  # the CounterFact train prompt in the edit split
     assert run.data.tags["data.skipped_empty_target"] == "1"
+    history = sorted(client().get_metric_history(run_id, "val/loss"), key=lambda m: m.step)
     nll = [m.value for m in sorted(client().get_metric_history(run_id, "val/edit_nll"), key=lambda m: m.step)]
-    assert len(nll) >= 3 and min(nll[1:]) < nll[0]  # trained validations beat the untrained editor's
-    # runs:/<id>/mend loads back and edits exactly as the in-memory network saved from the same weights
+    assert len(nll) == 4 and min(nll[1:]) < nll[0]  # trained validations beat the untrained editor's
+    best = min(history[1:], key=lambda m: m.value)  # the logged network is the best validation's
+    assert best.step in (run.data.metrics["train/saved_step"] - 1, run.data.metrics["train/saved_step"])
+
+
+def test_a_logged_network_loads_back_from_its_run_and_edits_identically(env, tmp_path):
     from editharm import tracking
     from editharm.methods import mend_store
 
-    folder = tracking.fetch_artifact(f"runs:/{run_id}/mend", tmp_path / "cache")
-    loaded = MENDNet.load(folder)
-    assert loaded.spec.meta["run_id"] == run_id and not loaded.training
-    cfg, model, tok, inner = setup("tiny-llama", f"method.hypernetwork=runs:/{run_id}/mend")
-    via_store, trained_on = mend_store.load(cfg, model)
-    assert "The capital of Kenya is" in trained_on and "The mother tongue of Danielle Darrieux is" not in trained_on
+    cfg, model, tok, inner = setup("tiny-llama")
+    net = MENDNet(new_spec(cfg, model, models.identity(cfg.model)))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # U no longer 0: a non-identity editor
+    net.train()
     factors = gradient_factors(model, tok, inner, PROMPTS, TARGETS)
-    a, b = mend_deltas(loaded, model, inner, factors), mend_deltas(via_store.eval(), model, inner, factors)
-    assert all(torch.equal(a[p], b[p]) for p in inner)
-    untrained = mend_deltas(MENDNet(new_spec(cfg, model, "x")).eval(), model, inner, factors)
-    assert any(not torch.allclose(a[p], untrained[p]) for p in inner)
+    for p, (x, d) in factors.items():  # normalisation statistics from a stream
+        net.editors[net.spec.shape_key(p)](x, d, net.modes[p])
+    net.eval()
+    mine = mend_deltas(net, model, inner, factors)
+    run = client().create_run(client().create_experiment("nets"))
+    client().log_artifacts(run.info.run_id, str(net.save(tmp_path / "mend")), "mend")
+    cfg.method.hypernetwork = f"runs:/{run.info.run_id}/mend"
+    loaded, _ = mend_store.load(cfg, model)
+    assert not loaded.training
+    theirs = mend_deltas(loaded, model, inner, factors)
+    assert all(torch.equal(mine[p], theirs[p]) for p in inner)
+    assert tracking.fetch_artifact(cfg.method.hypernetwork, models.cache_root() / "mend").is_dir()  # cached
 
 
 def test_network_for_another_model_or_parameters_is_refused(env, tmp_path):
@@ -156,6 +182,9 @@ def test_network_for_another_model_or_parameters_is_refused(env, tmp_path):
     one_layer = config.load(["method=mend", "model=tiny-llama", f"method.hypernetwork={folder}", "method.layers=[1]"])
     with pytest.raises(ConfigError, match="method.layers/method.modules"):
         mend_store.load(one_layer, model)
+    wider = config.load(["method=mend", "model=tiny-llama", f"method.hypernetwork={folder}", "method.rank=16"])
+    with pytest.raises(ConfigError, match=r"method.rank=8 \(configured: 16\)"):
+        mend_store.load(wider, model)
 
 
 def test_compute_deltas_leaves_the_model_bit_identical(env, tmp_path):
@@ -176,7 +205,7 @@ def test_compute_deltas_leaves_the_model_bit_identical(env, tmp_path):
 
 def test_auto_trains_a_nested_run_once_then_reuses_it(env):
     base = ["method=mend", "model=tiny-llama", "tasks.names=[]", "edits.n=2", "probe.perplexity=false",
-            "tracking.log_checkpoint=false", "method.train.max_steps=5", "method.train.val_every=5"]
+            "tracking.log_checkpoint=false", "method.train.max_iters=5", "method.train.val_every=5"]
     first = client().get_run(edit(base))
     runs = client().search_runs([first.info.experiment_id])
     (trained,) = [r for r in runs if r.data.tags.get("kind") == "train-mend"]
@@ -192,6 +221,8 @@ def test_auto_trains_a_nested_run_once_then_reuses_it(env):
     (["method.auto_train=false"], ["found no finished train-mend run", "editharm train-mend model=tiny-llama"]),
     (["method.hypernetwork=runs:/0123456789abcdef/mend"], ["cannot fetch runs:/0123456789abcdef/mend"]),
     (["method.hypernetwork=/no/such/net"], ["neither runs:/<run_id>/mend"]),
+    (["method.train.max_minutes=null"], ["needs a time budget", "method.train.max_minutes"]),
+    (["method.train.monitor=accuracy"], ["method.train.monitor", "loss, edit_success"]),
     (["method.train.edit_loss_on=both"], ["method.train.edit_loss_on", "rephrase, prompt"]),
     (["method.modules=[attention]"], ["not weight templates", "mlp_out"]),
     (["method.rank=0"], ["method.rank must be >= 1"]),
@@ -219,7 +250,7 @@ def test_training_data_without_paraphrase_or_locality_is_refused(capsys, env, tm
 def test_editing_a_training_record_is_refused(capsys, env, tmp_path):
     from tests.test_cli import _fails
 
-    run_id = _train("method.train.max_steps=2", "method.train.val_every=2")
+    run_id = _train("method.train.max_iters=2", "method.train.val_every=2")
     path = tmp_path / "edits.jsonl"
     path.write_text('{"prompt": "The capital of Kenya is", "subject": "Kenya", "target_new": "Accra"}\n')
     _fails(capsys, ["edit", "method=mend", "model=tiny-llama", "tasks.names=[]", "edits.n=1", f"edits.dataset={path}",
@@ -230,3 +261,30 @@ def test_train_mend_refuses_another_method(capsys, env):
     from tests.test_cli import _fails
 
     _fails(capsys, ["train-mend", "method=rome"], "method=rome is not mend")
+
+
+def test_training_losses_by_hand_with_a_zero_update():
+    """α = 0: the edited model is the base, so the KL on the locality answer is 0 (pre and post positions
+    align), its argmax agrees everywhere, and the edit term is the base model's NLL of the target after the
+    paraphrase; a nonzero α moves both."""
+    from editharm.data import EditRequest
+    from editharm.methods.mend_train import MENDTraining
+    from editharm.scoring import score
+
+    cfg, model, tok, _ = setup("tiny-llama")
+    net = MENDNet(new_spec(cfg, model, "x"))
+    module = MENDTraining(cfg, model, tok, net)
+    batch = [EditRequest("The capital of Kenya is", "Kenya", "Lagos", rephrase="Kenya's seat of government is",
+                         locality_prompt="The capital of Uganda is", locality_answer="Kampala"),
+             EditRequest("Miles Davis plays the", "Miles Davis", "violin", rephrase="Miles Davis is known for the",
+                         locality_prompt="Louis Armstrong plays", locality_answer="the trumpet")]
+    with torch.no_grad():
+        net.alpha.zero_()
+    out = module.losses(batch)
+    assert out["loc_kl"].abs().item() < 1e-6 and out["loc_acc"].item() == 1.0
+    base_nll = [s.nll for s in score(model, tok, [r.rephrase for r in batch], [r.target_new for r in batch])]
+    assert out["edit_nll"].item() == pytest.approx(sum(base_nll) / 2, rel=1e-5)
+    with torch.no_grad():
+        net.alpha.fill_(1.0)
+    moved = module.losses(batch)
+    assert moved["loc_kl"].item() > 1e-4 and moved["edit_nll"].item() != pytest.approx(out["edit_nll"].item())

@@ -9,7 +9,7 @@ from tests.conftest import client
 BASE = ["tasks.names=[]", "probe.n_tokens=512", "probe.chunk_tokens=128", "tracking.log_checkpoint=false"]
 VALUE = ["model=tiny-llama", "method.v_num_grad_steps=5", "method.context_template_length_params=[[3,5]]",
          "method.mom2_n_tokens=512", "method.mom2_seq_len=32"]
-MEND = ["method.train.max_steps=4", "method.train.val_every=4"]  # `auto`: a nested training run first
+MEND = ["method.train.max_iters=4", "method.train.val_every=4"]  # `auto`: a nested training run first
 METHOD = {"rome": ["method=rome", "method.layer=0", *VALUE], "memit": ["method=memit", "method.layers=[0]", *VALUE],
           "alphaedit": ["method=memit", "method.layers=[0]", "method.nullspace=true", *VALUE],
           "kn": ["model=tiny-llama", "method=kn", "method.steps=3"],

@@ -43,10 +43,10 @@ class MENDTrainConfig:
     val_split: str = "val"
     n_val: int = 100
     """Held-out records of each validation."""
-    max_steps: int = 100000
-    """Optimizer steps (each accumulates `accumulate` edits)."""
+    max_iters: int = 100000
+    """Training examples (edits) at most, as EasyEdit's `max_iters`; optimizer steps = max_iters / accumulate."""
     max_minutes: Optional[float] = None
-    """Wall-clock budget of training (Lightning's `max_time`); null: none."""
+    """Wall-clock budget of training (Lightning's `max_time`); null: none (`auto` training needs one)."""
     lr: float = 1e-6
     """Adam learning rate of the editors."""
     lr_lr: float = 1e-4
@@ -55,8 +55,11 @@ class MENDTrainConfig:
     clip: float = 100.0
     val_every: int = 1000
     """Validate every this many edits (training batches)."""
+    monitor: str = "loss"
+    """What picks the logged network and stops early: `loss` (val/loss, lowest; EasyEdit's GPT-2 runs) or
+    `edit_success` (val/edit_success, highest; its LLaMA runs)."""
     patience: int = 20
-    """Early stopping: validations without a better `val/edit_success`."""
+    """Early stopping: validations without a better monitored value."""
     c_edit: float = 0.1
     c_loc: float = 1.0
     edit_loss_on: str = "rephrase"
@@ -166,14 +169,22 @@ def mend_deltas(net: MENDNet, model: nn.Module, inner: dict[str, str],
     return out
 
 
+ARCH = ("rank", "n_hidden", "edit_lr", "descent", "norm")
+
+
 def check_compatible(spec: MENDSpec, expected: MENDSpec, where: str) -> None:
-    """Refuse a hypernetwork trained for another model or other inner parameters, saying which."""
+    """Refuse a hypernetwork trained for another model, other inner parameters or another architecture (the
+    configured `method.rank`, `n_hidden`, `edit_lr`, `descent`, `norm`), saying which."""
     if spec.model_identity != expected.model_identity:
         raise ConfigError(f"the MEND hypernetwork {where} was trained for model {spec.model_identity!r}, not "
                           f"{expected.model_identity!r}; train one for this model (`editharm train-mend model=...`)")
     if spec.params != expected.params or spec.dims != expected.dims:
         raise ConfigError(f"the MEND hypernetwork {where} edits {spec.params}, but method.layers/method.modules "
                           f"name {expected.params}; set them to match or train a hypernetwork for these")
+    differ = [f"method.{k}={getattr(spec, k)} (configured: {getattr(expected, k)})" for k in ARCH
+              if getattr(spec, k) != getattr(expected, k)]
+    if differ:
+        raise ConfigError(f"the MEND hypernetwork {where} was built with {', '.join(differ)}; set these to match")
 
 
 @register_method("mend", config=MENDConfig)
@@ -193,8 +204,7 @@ class MEND(EditModule):
 
         self.inner = inner_modules(cfg)
         net, self.trained_on = mend_store.load(cfg, model)
-        device = next(model.parameters()).device
-        self._net = [net.to(device).eval()]  # in a list: not a submodule (never trained, never checkpointed)
+        self._net = [net.eval()]  # in a list: not a submodule (never trained, never checkpointed)
 
     def edited_modules(self) -> list[str]:
         return list(self.inner.values())
@@ -206,6 +216,7 @@ class MEND(EditModule):
                               f"(e.g. {seen[0]!r}); edit held-out facts only")
 
     def compute_deltas(self, requests) -> Deltas:
+        self._net[0].to(next(self.model.parameters()).device)  # Lightning moves the model, not the network
         factors = gradient_factors(self.model, self.tokenizer, self.inner, [r.prompt for r in requests],
                                    [r.target_new for r in requests])
         with torch.no_grad():

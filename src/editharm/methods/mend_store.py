@@ -12,7 +12,7 @@ from pathlib import Path
 
 from editharm import models, tracking
 from editharm.errors import ConfigError
-from editharm.methods.mend import check_compatible, inner_modules, new_spec
+from editharm.methods.mend import ARCH, check_compatible, inner_modules, new_spec
 from editharm.methods.mend_net import MENDNet
 
 ARTIFACT = "mend"
@@ -23,6 +23,11 @@ def params_tag(cfg) -> str:
     return ",".join(inner_modules(cfg))
 
 
+def arch_tag(spec) -> str:
+    """The architecture settings a network is built with, as a run tag `auto` matches on."""
+    return ",".join(f"{k}={getattr(spec, k)}" for k in ARCH)
+
+
 def resolve(cfg, model, tok, logger) -> None:
     """Make `cfg.method.hypernetwork` a `runs:/` URI or a folder, training one when `auto` finds none."""
     m = cfg.method
@@ -31,18 +36,25 @@ def resolve(cfg, model, tok, logger) -> None:
         raise ConfigError("method.hypernetwork is empty; give runs:/<run_id>/mend, a folder holding mend.json and "
                           "mend.safetensors, or auto")
     if spec == "auto":
-        found = tracking.find_runs({"kind": "train-mend", "model_identity": models.identity(cfg.model),
-                                    "mend.params": params_tag(cfg)}, tracking.tracking_uri(cfg))
+        wanted = {"kind": "train-mend", "model_identity": models.identity(cfg.model), "mend.params": params_tag(cfg),
+                  "mend.arch": arch_tag(new_spec(cfg, model, models.identity(cfg.model)))}
+        found = tracking.find_runs(wanted, tracking.tracking_uri(cfg))
         if found:
             spec = f"runs:/{found[0]}/{ARTIFACT}"
         elif not m.auto_train:
             raise ConfigError(f"method.hypernetwork=auto found no finished train-mend run for model "
-                              f"{cfg.model.name} and these inner parameters in {tracking.tracking_uri(cfg)}, and "
-                              f"method.auto_train=false; run `editharm train-mend model={cfg.model.name}` first")
+                              f"{cfg.model.name}, these inner parameters and this architecture in "
+                              f"{tracking.tracking_uri(cfg)}, and method.auto_train=false; run "
+                              f"`editharm train-mend model={cfg.model.name}` first")
+        elif m.train.max_minutes is None:
+            raise ConfigError(f"method.hypernetwork=auto found no trained network for {cfg.model.name}, and training "
+                              f"one first needs a time budget: set method.train.max_minutes (the configured "
+                              f"max_iters={m.train.max_iters} alone can take days), or train-mend first")
         else:
             from editharm.methods.mend_train import train
 
-            print(f"editharm: no MEND hypernetwork for {cfg.model.name} yet; training one first (a nested run)")
+            print(f"editharm: no MEND hypernetwork for {cfg.model.name} yet; training one first (a nested run, at "
+                  f"most {m.train.max_minutes:g} minutes)")
             spec = f"runs:/{train(cfg, model, tok, parent=logger)}/{ARTIFACT}"
     m.hypernetwork = spec
     _folder(cfg)  # fetch (or find) it now: a wrong URI or folder fails before compute

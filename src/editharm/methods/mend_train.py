@@ -8,7 +8,8 @@ Per training example (a batch of `method.train.batch_size` edit records):
   3. L = c_edit · NLL(target | paraphrase or edit prompt, edited) + c_loc · KL(p_base ‖ p_edited) on the
      locality answer positions.
 The Trainer does the rest: Adam on the editors (lr) and α (lr_lr), accumulation, clipping, validation every
-`val_every` edits on held-out records, checkpointing the best `val/edit_success`, early stopping, a time budget.
+`val_every` edits on held-out records, checkpointing the best `val/<monitor>` (`val/loss`, as EasyEdit's GPT-2
+run, or `val/edit_success`, as its LLaMA run), early stopping on it, a time budget.
 The best network is logged as the run's `mend/` artifact (`runs:/<id>/mend`).
 """
 from __future__ import annotations
@@ -17,8 +18,11 @@ import math
 import random
 import tempfile
 import time
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+
+import numpy as np
 
 import lightning as L
 import torch
@@ -27,63 +31,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from editharm import data, models, tracking
-from editharm.config import EditsConfig
-from editharm.errors import DataError
 from editharm.methods._shared import frozen
 from editharm.methods.mend import factors_of, inner_modules, mend_deltas, new_spec, patched
 from editharm.methods.mend_net import MENDNet
-from editharm.methods.mend_store import ARTIFACT, TRAIN_PROMPTS, params_tag
+from editharm.methods.mend_data import training_data
+from editharm.methods.mend_store import ARTIFACT, TRAIN_PROMPTS, arch_tag, params_tag
 from editharm.nethook import get_parameter
 from editharm.scoring import IGNORE, encode_pairs, logits_logprobs
 
-EVAL_SETS = (("zsre", "edit"), ("counterfact", "edit"))
-MONITOR = "val/edit_success"
-
-
-def records(dataset: str, split: str, root) -> tuple[list[data.EditRequest], int]:
-    """A split's records (those with an empty target skipped, as MEND does) and how many were skipped; every
-    record must carry a paraphrase and a locality prompt/answer."""
-    path, fields, _ = data.edit_file(EditsConfig(dataset=dataset, split=split), root)
-    skipped: list[int] = []
-    rows = data.parse_jsonl(path, fields, skipped)
-    bad = [i for i, r in enumerate(rows) if not (r.rephrase and r.locality_prompt and r.locality_answer)]
-    if bad:
-        raise DataError(f"MEND training needs a paraphrase and a locality prompt/answer on every record; "
-                        f"{len(bad)} record(s) of {path} lack them (first: {rows[bad[0]].prompt!r})")
-    return rows, len(skipped)
-
-
-def training_data(cfg, root) -> tuple[list[data.EditRequest], list[data.EditRequest], dict[str, int]]:
-    """`(train, val, counts)`: the configured train splits and validation records, without any record whose
-    prompt is in an evaluation edit set (zsRE's and CounterFact's `edit` splits, where present)."""
-    t = cfg.method.train
-    held_out: set[str] = set()
-    for dataset, split in EVAL_SETS:
-        try:
-            held_out |= {r.prompt for r in records_of(dataset, split, root)}
-        except DataError:
-            continue  # an evaluation set not in this data directory cannot overlap
-    counts = {"skipped_empty_target": 0, "dropped_eval_overlap": 0}
-    train: list[data.EditRequest] = []
-    for dataset in t.datasets:
-        rows, skipped = records(dataset, "train", root)
-        counts["skipped_empty_target"] += skipped
-        kept = [r for r in rows if r.prompt not in held_out]
-        counts["dropped_eval_overlap"] += len(rows) - len(kept)
-        train += kept
-    if t.n_train is not None:
-        if t.n_train > len(train):
-            raise DataError(f"method.train.n_train={t.n_train} but the training splits hold {len(train)} records")
-        train = random.Random(t.seed).sample(train, t.n_train)
-    val_rows, _ = records(t.val_dataset, t.val_split, root)
-    val = [r for r in val_rows if r.prompt not in held_out][:t.n_val]
-    counts.update(n_train=len(train), n_val=len(val))
-    return train, val, counts
-
-
-def records_of(dataset: str, split: str, root) -> list[data.EditRequest]:
-    path, fields, _ = data.edit_file(EditsConfig(dataset=dataset, split=split), root)
-    return data.parse_jsonl(path, fields, [])
+MONITORS = {"loss": "min", "edit_success": "max"}
 
 
 class MENDTraining(L.LightningModule):
@@ -102,7 +58,8 @@ class MENDTraining(L.LightningModule):
     def base(self) -> nn.Module:
         return self._base[0]
 
-    def on_fit_start(self) -> None:
+    def setup(self, stage: str) -> None:
+        self.base.requires_grad_(False)  # never trained (`train` restores the caller's flags afterwards)
         self.base.to(self.device)
 
     def configure_optimizers(self):
@@ -125,7 +82,7 @@ class MENDTraining(L.LightningModule):
         where = labels[n:, 1:] != IGNORE
         pre = logits[n:, :-1][where].float().log_softmax(-1)
         deltas = mend_deltas(self.net, base, self.inner, factors)
-        edited = patched(base, {p: get_parameter(base, p).detach() + d for p, d in deltas.items()})
+        edited = patched(base, {p: _plus(get_parameter(base, p), d) for p, d in deltas.items()})
         ids, mask, labels = encode_pairs(tok, on + [r.locality_prompt for r in batch], targets + loc, device)
         logits = edited(input_ids=ids, attention_mask=mask).logits
         logp, argmax, counts = logits_logprobs(logits[:n], labels[:n])
@@ -152,53 +109,77 @@ class MENDTraining(L.LightningModule):
         return batch  # edit records stay on the host (tokenised per step)
 
 
+def _plus(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """W + ΔW in W's dtype (a bfloat16 model stays bfloat16), differentiable in ΔW."""
+    return (weight.detach().float() + delta).to(weight.dtype)
+
+
 def _loader(rows, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
     return DataLoader(rows, batch_size=batch_size, shuffle=shuffle, collate_fn=list,
                       generator=torch.Generator().manual_seed(seed) if shuffle else None)
 
 
+@contextmanager
+def _restored_rng():
+    """The global RNGs as they were: training nested in an edit run must not change what the edit run draws."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0]), np.random.set_state(states[1]), torch.set_rng_state(states[2])
+
+
+def _trainer(cfg, logger, best: ModelCheckpoint, n_batches: int) -> L.Trainer:
+    t = cfg.method.train
+    steps = math.ceil(t.max_iters / t.accumulate)  # optimizer steps; max_iters counts edits, as EasyEdit's
+    return L.Trainer(
+        accelerator=cfg.device, devices=1, logger=logger, max_steps=steps,
+        max_epochs=math.ceil(t.max_iters / n_batches),  # max_steps decides; the progress bar shows the epochs
+        max_time=timedelta(minutes=t.max_minutes) if t.max_minutes else None,
+        accumulate_grad_batches=t.accumulate, gradient_clip_val=t.clip, val_check_interval=t.val_every,
+        check_val_every_n_epoch=None, num_sanity_val_steps=0, inference_mode=False,
+        callbacks=[best, EarlyStopping(monitor=f"val/{t.monitor}", mode=MONITORS[t.monitor], patience=t.patience)],
+        log_every_n_steps=1, enable_model_summary=False)
+
+
 def train(cfg, model: nn.Module, tok, parent=None, rows=None) -> str:
     """Train a hypernetwork for `cfg.model` and `cfg.method`'s inner parameters in one MLflow run (nested under
     `parent` when given); returns the run id, whose `mend/` artifact holds the best network. `rows`: the result
-    of `training_data`, when already read."""
+    of `training_data`, when already read. The model's weights, flags and the global RNGs are as they were."""
     t = cfg.method.train
     train_rows, val_rows, counts = rows or training_data(cfg, data.data_dir(cfg.data_dir))
-    L.seed_everything(t.seed, workers=True, verbose=False)
     if counts["dropped_eval_overlap"]:
         print(f"editharm: MEND training leaves out {counts['dropped_eval_overlap']} record(s) whose prompt is in an "
               "evaluation edit set")
     identity = models.identity(cfg.model)
-    net = MENDNet(new_spec(cfg, model, identity))
-    module = MENDTraining(cfg, model, tok, net)
-    name = f"train-mend-{cfg.model.name}"
-    with tracking.start(cfg, name, parent=parent) as logger:
+    with _restored_rng(), frozen(model), tracking.start(cfg, f"train-mend-{cfg.model.name}", parent=parent) as logger:
+        L.seed_everything(t.seed, workers=True, verbose=False)
+        net = MENDNet(new_spec(cfg, model, identity))
+        module = MENDTraining(cfg, model, tok, net)
         tracking.log_config(logger, cfg)
         tracking.set_tags(logger, {"kind": "train-mend", "model": cfg.model.name, "model_identity": identity,
-                                   "mend.params": params_tag(cfg), "git_commit": tracking.git_commit(),
-                                   **{f"data.{k}": v for k, v in counts.items()}})
+                                   "mend.params": params_tag(cfg), "mend.arch": arch_tag(net.spec),
+                                   "git_commit": tracking.git_commit(), **{f"data.{k}": v for k, v in counts.items()}})
         with tempfile.TemporaryDirectory() as tmp:
-            best = ModelCheckpoint(dirpath=tmp, monitor=MONITOR, mode="max", save_top_k=1, save_last=False)
+            best = ModelCheckpoint(dirpath=tmp, monitor=f"val/{t.monitor}", mode=MONITORS[t.monitor], save_top_k=1)
             loaders = _loader(train_rows, t.batch_size, True, t.seed), _loader(val_rows, t.batch_size, False, t.seed)
-            epochs = math.ceil(t.max_steps * t.accumulate / len(loaders[0]))  # max_steps decides; the bar shows it
-            trainer = L.Trainer(
-                accelerator=cfg.device, devices=1, logger=logger, max_steps=t.max_steps, max_epochs=epochs,
-                max_time=timedelta(minutes=t.max_minutes) if t.max_minutes else None,
-                accumulate_grad_batches=t.accumulate, gradient_clip_val=t.clip, val_check_interval=t.val_every,
-                check_val_every_n_epoch=None, num_sanity_val_steps=0, inference_mode=False,
-                callbacks=[best, EarlyStopping(monitor=MONITOR, mode="max", patience=t.patience)],
-                log_every_n_steps=1, enable_model_summary=False)
-            with frozen(model):  # the base model is never trained: no gradients of its own weights
-                trainer.validate(module, loaders[1], verbose=False)  # step 0: the untrained editor
-                t0 = time.perf_counter()
-                trainer.fit(module, *loaders)
-                seconds = time.perf_counter() - t0
+            trainer = _trainer(cfg, logger, best, len(loaders[0]))
+            trainer.validate(module, loaders[1], verbose=False)  # step 0: the untrained editor
+            t0 = time.perf_counter()
+            trainer.fit(module, *loaders)
+            seconds = time.perf_counter() - t0
+            saved = trainer.global_step
             if best.best_model_path:
-                state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
-                module.load_state_dict(state)
+                checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+                module.load_state_dict(checkpoint["state_dict"])
+                saved = checkpoint["global_step"]
+            else:
+                print("editharm: no validation ran during training (val_every beyond the budget); the final network "
+                      "is logged")
             logger.log_metrics({"time/train_s": seconds, "time/step_s": seconds / max(trainer.global_step, 1),
-                                "train/steps": trainer.global_step}, step=trainer.global_step)
-            net.spec.meta = {"run_id": logger.run_id, "steps": trainer.global_step, **counts}
-            folder = net.save(Path(tmp) / ARTIFACT)
+                                "train/steps": trainer.global_step, "train/saved_step": saved}, step=trainer.global_step)
+            net.spec.meta = {"run_id": logger.run_id, "steps": trainer.global_step, "saved_step": saved, **counts}
+            folder = net.cpu().save(Path(tmp) / ARTIFACT)
             (folder / TRAIN_PROMPTS).write_text("\n".join(sorted({r.prompt for r in train_rows})), encoding="utf-8")
             logger.experiment.log_artifacts(logger.run_id, str(folder), ARTIFACT)
         return logger.run_id
