@@ -335,7 +335,7 @@ def _check_mend(m, templates) -> None:
     if bad := [k for k in m.modules if k not in kinds]:
         raise ConfigError(f"method.modules {bad} are not weight templates of the model; valid: {', '.join(kinds)}")
     for key, low in (("rank", 1), ("n_hidden", 0), ("train.batch_size", 1), ("train.accumulate", 1),
-                     ("train.n_val", 1), ("train.val_every", 1), ("train.max_iters", 1), ("train.patience", 1)):
+                     ("train.n_val", 1), ("train.val_every", 1), ("train.log_every", 1), ("train.max_iters", 1), ("train.patience", 1)):
         value = OmegaConf.select(m, key)
         if value < low:
             raise ConfigError(f"method.{key} must be >= {low}, got {value}")

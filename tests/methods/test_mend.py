@@ -141,6 +141,8 @@ def test_training_lowers_validation_loss_and_keeps_the_best_network(env):
     history = sorted(client().get_metric_history(run_id, "val/loss"), key=lambda m: m.step)
     nll = [m.value for m in sorted(client().get_metric_history(run_id, "val/edit_nll"), key=lambda m: m.step)]
     assert len(nll) == 4 and min(nll[1:]) < nll[0]  # trained validations beat the untrained editor's
+    window = client().get_metric_history(run_id, "train/edit_success")
+    assert len(window) == 30 // 5 and all(0 <= m.value <= 1 for m in window)  # means over log_every=5 edits
     best = min(history[1:], key=lambda m: m.value)  # the logged network is the best validation's
     assert best.step in (run.data.metrics["train/saved_step"] - 1, run.data.metrics["train/saved_step"])
 

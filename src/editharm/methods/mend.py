@@ -66,6 +66,8 @@ class MENDTrainConfig:
     """`rephrase` (MEND: the target's NLL on the paraphrase) or `prompt` (the paper's fork: on the edit input)."""
     batch_size: int = 1
     """Edits summed into one hypernetwork update per training example (MEND: 1)."""
+    log_every: int = 50
+    """Training figures are logged as the mean over this many training examples."""
     seed: int = 0
 
 

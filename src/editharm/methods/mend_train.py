@@ -29,6 +29,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader
+from torchmetrics import MeanMetric
 
 from editharm import data, models, tracking
 from editharm.methods._shared import frozen
@@ -40,6 +41,7 @@ from editharm.nethook import get_parameter
 from editharm.scoring import IGNORE, encode_pairs, logits_logprobs
 
 MONITORS = {"loss": "min", "edit_success": "max"}
+LOGGED = ("loss", "edit_nll", "loc_kl", "edit_success", "loc_acc")
 
 
 class MENDTraining(L.LightningModule):
@@ -53,6 +55,7 @@ class MENDTraining(L.LightningModule):
         self.tokenizer = tokenizer
         self.inner = inner_modules(cfg)
         self._base = [model.eval()]
+        self.window = nn.ModuleDict({k: MeanMetric() for k in LOGGED})  # training figures, averaged per window
 
     @property
     def base(self) -> nn.Module:
@@ -98,7 +101,12 @@ class MENDTraining(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         self.base.eval()
         out = self.losses(batch)
-        self.log_dict({f"train/{k}": v.detach() for k, v in out.items()}, batch_size=len(batch))
+        for k, metric in self.window.items():
+            metric.update(out[k].detach())
+        if (batch_idx + 1) % self.hp.log_every == 0:  # the mean of the last `log_every` edits, not one noisy edit
+            self.log_dict({f"train/{k}": m.compute() for k, m in self.window.items()}, batch_size=len(batch))
+            for m in self.window.values():
+                m.reset()
         return out["loss"]
 
     def validation_step(self, batch, batch_idx: int) -> None:
