@@ -132,3 +132,15 @@ def test_every_guard_runs_with_kn(env, name):
     assert run.info.status == "FINISHED" and run.data.tags["guard"] == name
     kept = [v for k, v in run.data.metrics.items() if k.startswith("guard/") and k.endswith("/kept")]
     assert kept and all(0 < v <= 1 for v in kept)
+
+
+@pytest.mark.parametrize("name", sorted(GUARDS))
+def test_every_guard_runs_with_mend(env, name):
+    """MEND's ΔW (a sum of rank-one terms per inner weight) through every guard; `nullspace` reads the inner
+    weights' key statistics."""
+    run_id = edit([*BASE, "method=mend", "method.train.max_iters=4", "method.train.val_every=4", *GUARDS[name],
+                   *MODES["instance-sequential"]])
+    run = client().get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["guard"] == name
+    kept = [v for k, v in run.data.metrics.items() if k.startswith("guard/") and k.endswith("/kept")]
+    assert kept and all(0 < v <= 1 for v in kept)
