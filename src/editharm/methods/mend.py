@@ -171,12 +171,12 @@ def mend_deltas(net: MENDNet, model: nn.Module, inner: dict[str, str],
     return out
 
 
-ARCH = ("rank", "n_hidden", "edit_lr", "descent", "norm")
+ARCH = ("rank", "n_hidden", "descent", "norm")  # edit_lr only initialises α: not part of a trained network
 
 
 def check_compatible(spec: MENDSpec, expected: MENDSpec, where: str) -> None:
     """Refuse a hypernetwork trained for another model, other inner parameters or another architecture (the
-    configured `method.rank`, `n_hidden`, `edit_lr`, `descent`, `norm`), saying which."""
+    configured `method.rank`, `n_hidden`, `descent`, `norm`), saying which."""
     if spec.model_identity != expected.model_identity:
         raise ConfigError(f"the MEND hypernetwork {where} was trained for model {spec.model_identity!r}, not "
                           f"{expected.model_identity!r}; train one for this model (`editharm train-mend model=...`)")
