@@ -323,9 +323,7 @@ def _check_kn(m) -> None:
 
 
 def _check_mend(m, templates) -> None:
-    from editharm.methods.mend import EDIT_LOSS_ON
-
-    from editharm.methods.mend_train import MONITORS
+    from editharm.methods.mend import EDIT_LOSS_ON, MONITORS
 
     _choice("method.train.edit_loss_on", m.train.edit_loss_on, EDIT_LOSS_ON)
     _choice("method.train.monitor", m.train.monitor, tuple(MONITORS))

@@ -77,8 +77,13 @@ def logits_logprobs(logits: torch.Tensor, labels: torch.Tensor):
 def mean_nll(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Differentiable mean over examples of each example's mean per-token NLL."""
     logp, _, counts = token_logprobs(model, ids, mask, labels)
-    per_example = torch.stack([-x.mean() for x in logp.split(counts.tolist())])
-    return per_example.mean()
+    return mean_example_nll(logp, counts)
+
+
+def mean_example_nll(logp: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """The mean over examples of each example's mean per-token NLL, from `token_logprobs`' `(logp, counts)`;
+    examples without target tokens do not count."""
+    return torch.stack([-x.mean() for x in logp.split(counts.tolist()) if len(x)]).mean()
 
 
 @torch.no_grad()

@@ -26,9 +26,10 @@ from editharm.methods.mend_net import MENDNet, MENDSpec
 from editharm.module import EditModule
 from editharm.nethook import get_module, get_parameter, is_transposed, linear_weight
 from editharm.registry import register_method
-from editharm.scoring import encode_pairs, logits_logprobs
+from editharm.scoring import encode_pairs, logits_logprobs, mean_example_nll
 
 EDIT_LOSS_ON = ("rephrase", "prompt")
+MONITORS = {"loss": "min", "edit_success": "max"}  # train.monitor -> ModelCheckpoint/EarlyStopping mode
 
 
 @dataclass
@@ -149,7 +150,7 @@ def factors_of(model: nn.Module, inner: dict[str, str], ids: torch.Tensor, mask:
     with frozen(model), torch.enable_grad(), _capture(model, inner) as seen:
         logits = patched(model, leaves)(input_ids=ids, attention_mask=mask).logits
         logp, _, counts = logits_logprobs(logits, labels)
-        loss = torch.stack([-x.mean() for x in logp.split(counts.tolist()) if len(x)]).mean()
+        loss = mean_example_nll(logp, counts)
         grads = torch.autograd.grad(loss, [seen[p][1] for p in inner])
     rows = mask.bool().flatten()
     out = {}

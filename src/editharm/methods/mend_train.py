@@ -33,14 +33,13 @@ from torchmetrics import MeanMetric
 
 from editharm import data, models, tracking
 from editharm.methods._shared import frozen
-from editharm.methods.mend import factors_of, inner_modules, mend_deltas, new_spec, patched
+from editharm.methods.mend import MONITORS, factors_of, inner_modules, mend_deltas, new_spec, patched
 from editharm.methods.mend_net import MENDNet
 from editharm.methods.mend_data import training_data
 from editharm.methods.mend_store import ARTIFACT, TRAIN_PROMPTS, arch_tag, params_tag
 from editharm.nethook import get_parameter
-from editharm.scoring import IGNORE, encode_pairs, logits_logprobs
+from editharm.scoring import IGNORE, encode_pairs, logits_logprobs, mean_example_nll
 
-MONITORS = {"loss": "min", "edit_success": "max"}
 LOGGED = ("loss", "edit_nll", "loc_kl", "edit_success", "loc_acc")
 
 
@@ -90,7 +89,7 @@ class MENDTraining(L.LightningModule):
         logits = edited(input_ids=ids, attention_mask=mask).logits
         logp, argmax, counts = logits_logprobs(logits[:n], labels[:n])
         gold = labels[:n, 1:][labels[:n, 1:] != IGNORE]
-        edit_nll = torch.stack([-x.mean() for x in logp.split(counts.tolist())]).mean()
+        edit_nll = mean_example_nll(logp, counts)
         success = torch.stack([h.all() for h in (argmax == gold).split(counts.tolist())]).float().mean()
         post = logits[n:, :-1][labels[n:, 1:] != IGNORE].float().log_softmax(-1)
         kl = (pre.exp() * (pre - post)).sum(-1).mean()
