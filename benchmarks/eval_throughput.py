@@ -34,6 +34,7 @@ def run_ours(scorer, tok, task, batch_size: int, dtype: str) -> dict:
     for batch in ev.dataloader():
         ev.update(scorer, batch)
     values, rows = ev.compute()
+    values.update(ev.constants())  # n, chance, majority: params in a run, figures here
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "n": len(task.items), "per_s": len(task.items) / seconds, "values": values, "rows": rows,
             "primary": ev.metric.primary}

@@ -2,7 +2,8 @@
 
     python tests/ddp_eval.py OUT.json DEVICES DATA_DIR
 
-Writes rank 0's logged metrics as JSON; tests/tasks/test_ddp.py compares the two process counts.
+Validates twice (the second evaluation adds paired deltas from the first) and writes rank 0's last metrics
+and its constants as JSON; tests/tasks/test_ddp.py compares the two process counts.
 """
 import json
 import sys
@@ -27,9 +28,11 @@ def main(out: str, devices: int, data_dir: str) -> None:
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         use_distributed_sampler=False, inference_mode=False)
-    trainer.validate(module, datamodule=EditDataModule([], 1, evaluators), verbose=False)
+    for _ in range(2):
+        trainer.validate(module, datamodule=EditDataModule([], 1, evaluators), verbose=False)
     if trainer.global_rank == 0:
         metrics = {k: v for k, v in module.history[-1][1].items() if not k.startswith("time/")}
+        metrics.update(module.constants)
         Path(out).write_text(json.dumps(metrics, sort_keys=True))
 
 

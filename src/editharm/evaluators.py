@@ -1,7 +1,8 @@
 """What the validation loop measures: one `Evaluator` per validation dataloader.
 
 An evaluator owns its data, updates torchmetrics states in `update` (one validation batch) and returns
-`(metrics, prediction rows)` from `compute`. Metric names are `<prefix>/<metric>`.
+`(metrics, prediction rows)` from `compute`, and the numbers that never change across evaluations from
+`constants` (logged once, as run params). Metric names are `<prefix>/<metric>`.
 
 - `EditEvaluator`: efficacy, generalization and locality of the edit requests (`edit/<dataset>/...`).
 - `PerplexityEvaluator`: perplexity of held-out text (`probe/perplexity`), a cheap continuous probe.
@@ -31,6 +32,10 @@ class Evaluator(nn.Module):
 
     def compute(self) -> tuple[dict[str, float], list[dict]]:
         raise NotImplementedError
+
+    def constants(self) -> dict[str, float]:
+        """Figures fixed for the whole run (a task's chance level, its number of examples)."""
+        return {}
 
 
 class EditEvaluator(Evaluator):

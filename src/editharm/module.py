@@ -44,6 +44,8 @@ class EditModule(L.LightningModule):
         self.n_skipped = 0
         self.cumulative: D.Deltas = {}
         self.history: list[tuple[int, dict[str, float]]] = []
+        self.constants: dict[str, float] = {}
+        """The evaluators' constants (`<prefix>/<name>`), logged once as run params at the first evaluation."""
         self._pending: D.Deltas = {}
         self._last_batch = range(0)
         self._eval_t0 = 0.0
@@ -215,6 +217,10 @@ class EditModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         step = self.n_edits
         running = self.single and step > 0  # single mode: edit metrics average over every edit so far
+        if not self.history:  # constant series would clutter the metrics: params, once
+            self.constants = {f"{ev.prefix}/{k}": v for ev in self.evaluators for k, v in ev.constants().items()}
+            if self.constants and self.logger is not None:
+                self.logger.log_hyperparams(self.constants)
         metrics = {}
         for ev in self.evaluators:
             values, rows = ev.compute()

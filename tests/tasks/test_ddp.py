@@ -38,6 +38,8 @@ def test_ddp_two_processes_equal_one(tmp_path):
     _data(tmp_path / "data")
     one, two = _run(tmp_path, 1), _run(tmp_path, 2)
     assert one["ability/sst2/n"] == 9 and one["ability/conll03/n"] == 12
+    assert one["ability/sst2/gold_mass_delta"] == 0.0 and one["ability/samsum/rouge_avg_delta_ci_high"] == 0.0
     assert set(one) == set(two)
-    for key in one:
-        assert abs(one[key] - two[key]) < 1e-9, (key, one[key], two[key])
+    for key in one:  # likelihoods are float32 sums whose batches (padding) differ between the shardings
+        tol = 1e-5 * max(1.0, abs(one[key])) if "/gold_" in key else 1e-9
+        assert abs(one[key] - two[key]) < tol, (key, one[key], two[key])

@@ -16,14 +16,22 @@ def test_tasks_run_in_the_validation_loop(env, tmp_path):
     run = client().get_run(run_id)
     m = run.data.metrics
     for key in ("ability/rte/accuracy", "ability/rte/accuracy_ci_low", "ability/rte/valid_rate",
-                "ability/rte/chance", "ability/rte/majority", "ability/samsum/rouge_avg", "ability/conll03/f1"):
+                "ability/samsum/rouge_avg", "ability/conll03/f1", "ability/rte/gold_logprob",
+                "ability/conll03/gold_logprob_ci_high"):
         assert key in m, key
         assert _steps(run_id, key) == [0, 1, 2]
-    assert m["ability/rte/n"] == 2 and m["ability/conll03/n"] == 8 and m["ability/rte/chance"] == 0.5
+    for key in ("ability/rte/accuracy_delta", "ability/rte/accuracy_delta_ci_low", "ability/conll03/f1_delta",
+                "ability/samsum/rouge_avg_delta_ci_high", "ability/sst2/gold_logprob_delta"):
+        assert _steps(run_id, key) == [1, 2], key  # paired differences from step 0, which has none
+    assert not any(k.rsplit("/", 1)[-1] in ("n", "chance", "majority") for k in m)  # constants: params, once
+    p = run.data.params
+    assert p["ability/rte/n"] == "2" and p["ability/conll03/n"] == "8" and p["ability/rte/chance"] == "0.5"
+    assert p["ability/rte/majority"] == "0.5" and "ability/samsum/majority" not in p
     assert run.data.tags["task.rte.version"] == "1" and run.data.tags["protocol"] == "gu2024"
     rows = [json.loads(line) for line in read_artifact(run_id, "predictions/rte/edits_2.jsonl", tmp_path).read_text().splitlines()]
     assert [r["index"] for r in rows] == [0, 1]
-    assert set(rows[0]) == {"index", "prompt", "output", "parsed", "gold", "score"} and rows[0]["gold"] == "true"
+    assert set(rows[0]) == {"index", "prompt", "output", "parsed", "gold", "score", "gold_logprob"}
+    assert rows[0]["gold"] == "true" and rows[0]["gold_logprob"] < 0
 
 
 def test_evaluate_a_run_checkpoint_by_uri(env):
@@ -33,6 +41,9 @@ def test_evaluate_a_run_checkpoint_by_uri(env):
     run = client().get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["kind"] == "evaluate"
     assert run.data.tags["checkpoint"] == f"runs:/{source}"
-    assert _steps(run_id, "ability/mutual/accuracy") == [0] and run.data.metrics["ability/mutual/chance"] == 0.25
+    assert _steps(run_id, "ability/mutual/accuracy") == [0] and run.data.params["ability/mutual/chance"] == "0.25"
+    m = run.data.metrics
+    assert 0 < m["ability/mutual/gold_mass"] < 1 and m["ability/rte/gold_mass_ci_low"] <= m["ability/rte/gold_mass"]
+    assert not any(k.endswith("_delta") for k in m)  # one evaluation: no baseline to differ from
     edited = client().get_metric_history(source, "probe/perplexity")[-1].value
     assert abs(run.data.metrics["probe/perplexity"] - edited) < 1e-6 * edited  # the edited weights were scored

@@ -1,7 +1,9 @@
 """Task metrics on hand-computed cases."""
 import pytest
+import torch
 
-from editharm.tasks.metrics import Accuracy, EntityF1, ExactMatch, Rouge, squad_normalize
+from editharm.tasks.metrics import (Accuracy, EntityF1, ExactMatch, Rouge, bootstrap, interval95, paired_bootstrap,
+                                    squad_normalize)
 
 
 def test_accuracy_counts_invalid_as_wrong_and_reports_valid_only_accuracy():
@@ -70,3 +72,57 @@ def test_entity_matching_is_one_to_one():
     m.update([0], [("EU", "EU", "EU")], [("EU",)])
     out = m.compute()
     assert out["precision"] == pytest.approx(1 / 3) and out["recall"] == 1.0
+
+
+def _mean(rows):
+    return {"x": rows.mean(-2)[..., 0]}
+
+
+def test_paired_bootstrap_difference_by_hand():
+    base = torch.tensor([[1.0], [0.0], [1.0], [0.0], [0.0], [1.0], [0.0], [0.0]])
+    now = torch.tensor([[1.0], [1.0], [1.0], [0.0], [1.0], [1.0], [0.0], [0.0]])  # two more right: +2/8
+    boot = paired_bootstrap(now, base, _mean, 1000, seed=0)["x"]
+    lo, hi = interval95(boot)
+    assert boot.shape == (1000,) and lo <= 0.25 <= hi and lo >= 0.0  # no example got worse
+
+
+def test_paired_bootstrap_of_a_constant_difference_has_zero_width():
+    base = torch.tensor([[0.0], [1.0], [2.0], [3.0]])
+    lo, hi = interval95(paired_bootstrap(base + 1.0, base, _mean, 500, seed=3)["x"])
+    assert lo == hi == 1.0
+
+
+def test_pairing_narrows_the_interval_of_correlated_rows():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(200, 1, generator=g, dtype=torch.float64)
+    now = base + 0.1 + 0.1 * torch.randn(200, 1, generator=g, dtype=torch.float64)
+    paired = interval95(paired_bootstrap(now, base, _mean, 1000, seed=0)["x"])
+    unpaired = interval95(_mean(bootstrap(now, 1000, 0))["x"] - _mean(bootstrap(base, 1000, 1))["x"])
+    assert paired[0] <= 0.1 <= paired[1]
+    assert (paired[1] - paired[0]) < 0.25 * (unpaired[1] - unpaired[0])
+
+
+def test_metric_deltas_come_after_a_baseline_and_use_its_aggregate():
+    m = EntityF1()
+    golds = [("EU", "German"), ("London",), ("Peter",), ()]
+    m.update([0, 1, 2, 3], [("EU",), None, ("Peter",), ("X",)], golds)
+    before = m.compute()
+    assert not any("delta" in k for k in before)
+    m.keep_baseline()
+    m.reset()
+    m.update([2, 3, 0, 1], [("Peter",), None, ("EU", "German"), ("London",)], [golds[i] for i in (2, 3, 0, 1)])
+    after = m.compute()
+    assert after["f1_delta"] == pytest.approx(after["f1"] - before["f1"]) and after["f1_delta"] > 0
+    assert after["f1_delta_ci_low"] <= after["f1_delta"] <= after["f1_delta_ci_high"]
+    assert {"precision_delta", "recall_delta_ci_high"} <= set(after)
+
+
+def test_deltas_refuse_other_examples_than_the_baseline():
+    m = Accuracy()
+    m.update([0, 1], ["a", "b"], ["a", "a"])
+    m.compute()
+    m.keep_baseline()
+    m.reset()
+    m.update([0, 2], ["a", "b"], ["a", "a"])
+    with pytest.raises(ValueError, match="baseline"):
+        m.compute()

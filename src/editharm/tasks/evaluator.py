@@ -1,4 +1,9 @@
-"""`TaskEvaluator`: one ability task as a validation dataloader of `EditModule` (`ability/<task>/...`)."""
+"""`TaskEvaluator`: one ability task as a validation dataloader of `EditModule` (`ability/<task>/...`).
+
+Each evaluation reports the task's metric and the gold answer's likelihood (`tasks/likelihood.py`), each
+with its bootstrap interval; the first evaluation (step 0, the unedited model) is kept as the baseline, and
+every later one adds `<score>_delta`, the paired difference from it. `constants` holds what never changes.
+"""
 from __future__ import annotations
 
 from collections import Counter
@@ -9,7 +14,8 @@ from torch.utils.data import DataLoader
 
 from editharm.evaluators import Evaluator
 from editharm.registry import METRICS, lookup
-from editharm.tasks.inference import choice_logliks, generate
+from editharm.tasks.inference import choice_logliks, continuation_logprobs, generate
+from editharm.tasks.likelihood import CHOICE_STATS, GENERATE_STATS, GoldLikelihood, choice_gold, gold_text
 from editharm.tasks.task import Item, Task
 
 
@@ -28,6 +34,8 @@ class TaskEvaluator(Evaluator):
         self.batch_size = batch_size
         self.dtype = getattr(torch, dtype)
         self.metric = lookup(METRICS, task.spec.metric, "metric")()
+        self.likelihood = GoldLikelihood(CHOICE_STATS if task.spec.kind == "choice" else GENERATE_STATS)
+        self.has_baseline = False
         lengths = {it.index: len(tok(it.prompt)["input_ids"]) for it in task.items}
         self.items = sorted(task.items, key=lambda it: (-lengths[it.index], it.index))
         self.rows: list[dict] = []
@@ -46,28 +54,45 @@ class TaskEvaluator(Evaluator):
             scores = choice_logliks(model, module.tokenizer, prompts, [list(it.choices) for it in batch], len(batch))
             outputs = scores
             parsed = [max(range(len(s)), key=s.__getitem__) for s in scores]
+            gold = [choice_gold(s, it.target) for s, it in zip(scores, batch)]
         else:
             outputs = generate(model, module.tokenizer, prompts, spec.generation.max_new_tokens,
                                list(spec.generation.stop), len(batch))
             parsed = [self.task.parse(o) for o in outputs]
+            texts = [spec.target_delimiter + gold_text(spec.gold, it.target) for it in batch]
+            gold = [(lp,) for lp in continuation_logprobs(model, module.tokenizer, prompts, texts, len(batch))]
         targets = [it.target for it in batch]
-        self.metric.update([it.index for it in batch], parsed, targets)
-        for it, out, p in zip(batch, outputs, parsed):
+        index = [it.index for it in batch]
+        self.metric.update(index, parsed, targets)
+        self.likelihood.update(index, gold)
+        for it, out, p, g in zip(batch, outputs, parsed, gold):
             self.rows.append({"index": it.index, "prompt": it.prompt, "output": out, "parsed": p,
-                              "gold": it.target, "score": self.metric.example(p, it.target)[0]})
+                              "gold": it.target, "score": self.metric.example(p, it.target)[0], "gold_logprob": g[0]})
 
     def compute(self) -> tuple[dict[str, float], list[dict]]:
+        """Scores, intervals and, after the first evaluation, paired deltas from it; `n` is a constant."""
         values = self.metric.compute()
         if not values:
             return {}, []
-        values["chance"] = self.task.spec.chance
-        if self.task.spec.chance > 0:  # a closed label set: the majority class is the bar to clear
-            counts = Counter(str(it.target) for it in self.task.items)
-            values["majority"] = max(counts.values()) / len(self.task.items)
+        values.update(self.likelihood.compute())
+        values.pop("n")
+        if not self.has_baseline:  # the first evaluation: step 0, the unedited model
+            self.metric.keep_baseline()
+            self.likelihood.keep_baseline()
+            self.has_baseline = True
         return values, sorted(_gather(self.rows), key=lambda r: r["index"])
+
+    def constants(self) -> dict[str, float]:
+        """`n`, `chance` and, for a closed label set, `majority` (the majority-class rate, the bar to clear)."""
+        out = {"n": len(self.task.items), "chance": self.task.spec.chance}
+        if self.task.spec.chance > 0:
+            counts = Counter(str(it.target) for it in self.task.items)
+            out["majority"] = max(counts.values()) / len(self.task.items)
+        return out
 
     def reset(self) -> None:
         self.metric.reset()
+        self.likelihood.reset()
         self.rows = []
 
 

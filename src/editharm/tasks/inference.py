@@ -4,6 +4,8 @@
 - `choice_logliks`: each context is encoded once (left-padded batch, explicit position ids so absolute
   position embeddings are right too); its KV cache is then shared by all of its choices, whose tokens
   are scored in one more forward pass. Single-token choices need no second pass at all.
+- `continuation_logprobs`: mean per-token log P(continuation | context), one left-padded pass per batch
+  (explicit position ids) that keeps logits only over the continuations.
 """
 from __future__ import annotations
 
@@ -97,3 +99,25 @@ def _score_chunk(model, tok, ctx: list[list[int]], cont: list[list[list[int]]], 
     for d, s in zip(owner, scores):
         per_doc[d].append(s)
     return per_doc
+
+
+@torch.no_grad()
+def continuation_logprobs(model: nn.Module, tok, contexts: list[str], continuations: list[str],
+                          batch_size: int = 16) -> list[float]:
+    """Mean per-token log P(continuation tokens | context) of each pair, teacher-forced (continuations carry
+    their own leading delimiter; context and continuation are tokenised apart, as in `choice_logliks`)."""
+    device = next(model.parameters()).device
+    ctx = [tok(c)["input_ids"] for c in contexts]
+    cont = [tok(c, add_special_tokens=False)["input_ids"] for c in continuations]
+    if any(not c for c in cont):
+        raise ValueError("a continuation tokenises to zero tokens")
+    out: list[float] = []
+    for start in range(0, len(ctx), batch_size):
+        tails = cont[start:start + batch_size]
+        ids, mask = pad([c + t for c, t in zip(ctx[start:start + batch_size], tails)], tok, device, left=True)
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        width = max(len(t) for t in tails)  # left padding: every continuation ends the row
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=width + 1).logits
+        logp = logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, -width:, None]).squeeze(-1)
+        out.extend(float(logp[i, width - len(t):].mean()) for i, t in enumerate(tails))
+    return out

@@ -2,7 +2,9 @@
 
 Each metric turns (prediction, target) pairs into a row of per-example statistics; `compute` orders the
 rows by example index (so the result does not depend on how examples were split across processes),
-aggregates them, and adds n, the valid-output rate and a seeded 95 % bootstrap interval per score.
+aggregates them, and adds n, the valid-output rate and a seeded 95 % bootstrap interval per score. Once a
+baseline is kept (`keep_baseline`, the evaluator's step 0), `compute` also reports each score's paired difference
+from it, `<score>_delta`, with a paired bootstrap interval (the same resampled examples in both row sets).
 """
 from __future__ import annotations
 
@@ -19,11 +21,28 @@ from editharm.registry import register_metric
 N_BOOTSTRAP = 1000
 
 
+def resample(n: int, n_bootstrap: int, seed: int) -> torch.Tensor:
+    """Example indices drawn with replacement, `n_bootstrap` times `n` of them (seeded): shape (n_bootstrap, n)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(n, (n_bootstrap, n), generator=g)
+
+
 def bootstrap(rows: torch.Tensor, n_bootstrap: int, seed: int) -> torch.Tensor:
     """`rows` resampled with replacement along the first dimension, `n_bootstrap` times (seeded):
     shape (n_bootstrap, *rows.shape)."""
-    g = torch.Generator().manual_seed(seed)
-    return rows[torch.randint(len(rows), (n_bootstrap, len(rows)), generator=g)]
+    return rows[resample(len(rows), n_bootstrap, seed)]
+
+
+def paired_bootstrap(now: torch.Tensor, base: torch.Tensor, aggregate, n_bootstrap: int,
+                     seed: int) -> dict[str, torch.Tensor]:
+    """Bootstrap replicates of `aggregate(now) - aggregate(base)`, shape (n_bootstrap,) per score. Row i of
+    `now` and of `base` belong to the same example, so each replicate applies one draw of example indices
+    to both (the seed convention of `bootstrap`: the same draw it makes)."""
+    if now.shape != base.shape:
+        raise ValueError(f"paired rows must have one shape, got {tuple(now.shape)} and {tuple(base.shape)}")
+    idx = resample(len(now), n_bootstrap, seed)
+    a, b = aggregate(now[idx]), aggregate(base[idx])
+    return {name: a[name] - b[name] for name in a}
 
 
 def interval95(samples: torch.Tensor) -> torch.Tensor:
@@ -47,6 +66,10 @@ class ExampleMetric(Metric):
         self.add_state("index", default=[], dist_reduce_fx="cat")
         self.add_state("rows", default=[], dist_reduce_fx="cat")
         self.add_state("valid", default=[], dist_reduce_fx="cat")
+        self.example_rows: tuple[torch.Tensor, torch.Tensor] | None = None
+        """(index, rows) of the last `compute`, ordered by example index, gathered over processes."""
+        self.baseline: tuple[torch.Tensor, torch.Tensor] | None = None
+        """(index, rows) that `<score>_delta` is measured from (see `keep_baseline`)."""
 
     def example(self, pred, target) -> list[float]:
         raise NotImplementedError
@@ -67,13 +90,37 @@ class ExampleMetric(Metric):
             return {}
         index, rows, valid = (dim_zero_cat(x).cpu() for x in (self.index, self.rows, self.valid))
         order = index.argsort()
-        rows, valid = rows[order], valid[order]
+        index, rows, valid = index[order], rows[order], valid[order]
+        self.example_rows = (index, rows)
         out = {k: float(v) for k, v in self.aggregate(rows).items()}
         for name, boot in self.aggregate(bootstrap(rows, self.n_bootstrap, self.seed)).items():
             lo, hi = interval95(boot)
             out[f"{name}_ci_low"], out[f"{name}_ci_high"] = float(lo), float(hi)
+        if self.baseline is not None:
+            out.update(self.deltas(index, rows))
         out["n"] = float(len(rows))
         out["valid_rate"] = float(valid.mean())
+        return out
+
+    def keep_baseline(self) -> None:
+        """Make the rows of the last `compute` the baseline: later computes add `<score>_delta` from it."""
+        if self.example_rows is None:
+            raise RuntimeError(f"{type(self).__name__}.keep_baseline: nothing computed yet")
+        self.baseline = self.example_rows
+
+    def deltas(self, index: torch.Tensor, rows: torch.Tensor) -> dict[str, float]:
+        """`<score>_delta` = score(rows) - score(baseline) with its paired 95 % bootstrap interval
+        (`_delta_ci_low`, `_delta_ci_high`); the examples must be the baseline's."""
+        base_index, base = self.baseline
+        if not torch.equal(index, base_index):
+            raise ValueError(f"{type(self).__name__}: paired deltas need the baseline's examples; got {len(index)} "
+                             f"examples, the baseline has {len(base_index)}, and their indices differ")
+        now, before = self.aggregate(rows), self.aggregate(base)
+        out = {}
+        for name, boot in paired_bootstrap(rows, base, self.aggregate, self.n_bootstrap, self.seed).items():
+            lo, hi = interval95(boot)
+            out[f"{name}_delta"] = float(now[name] - before[name])
+            out[f"{name}_delta_ci_low"], out[f"{name}_delta_ci_high"] = float(lo), float(hi)
         return out
 
 

@@ -42,6 +42,16 @@ class Generation:
 
 
 @dataclass
+class Gold:
+    """The gold text that `gold_logprob` teacher-forces after the prompt (generation tasks), from the target:
+    a string target as it is; a list target (open QA answers, CoNLL entities) its first item, or, with `join`,
+    all its items joined by it, and `empty` when the list is empty."""
+
+    join: Optional[str] = None
+    empty: str = ""
+
+
+@dataclass
 class TaskSpec:
     name: str = MISSING
     version: int = MISSING
@@ -65,12 +75,14 @@ class TaskSpec:
     """`choice` tasks: fixed continuations, or empty to read them from `choices_field`."""
     choices_field: Optional[str] = None
     target_delimiter: str = " "
-    """Prepended to each choice continuation (lm-evaluation-harness convention)."""
+    """Prepended to each choice continuation (lm-evaluation-harness convention) and to the gold text."""
     target: str = ""
     """Template of the gold answer; mapped through `target_map` when given."""
     target_map: dict[str, Any] = field(default_factory=dict)
     target_field: Optional[str] = None
     """A field holding a list of gold answers (open QA), used instead of `target`."""
+    gold: Gold = field(default_factory=Gold)
+    """How the gold text of the likelihood score is made from the target (generation tasks)."""
     generation: Generation = field(default_factory=Generation)
     parse: list[Any] = field(default_factory=list)
     """Parser chain: names, or one-key mappings `{name: {arg: value}}`; a parser may return None (invalid)."""
