@@ -158,8 +158,10 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tracking(tmp_path, monkeypatch) -> str:
-    """A private sqlite MLflow store; no run handed down from an outer `mlflow run`."""
+    """A private sqlite MLflow store (its artifacts in the test's own ./mlruns: the working directory is the test's
+    folder); no run handed down from an outer `mlflow run`."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)

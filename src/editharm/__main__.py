@@ -1,5 +1,5 @@
 """Command line: `editharm edit|evaluate|stats|train-mend key=value ...` (also `python -m editharm`),
-`editharm checkpoint RUN_ID`. What each command does lives in `editharm.runs`.
+`editharm experiment NAME key=value ...`, `editharm report RUN_ID ...`, `editharm checkpoint RUN_ID`. What each command does lives in `editharm.runs`.
 
 Bad input of any kind ends in one `editharm: error: ...` line and exit status 2, with no traceback;
 a run already opened (or handed to us by `mlflow run`) is marked FAILED.
@@ -12,7 +12,7 @@ import warnings
 
 from editharm.errors import EditharmError
 
-RUN_COMMANDS = ("edit", "evaluate", "stats", "train-mend")
+RUN_COMMANDS = ("edit", "evaluate", "stats", "train-mend", "experiment")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     p_stats.add_argument("overrides", nargs="*", help="e.g. method=memit model=smollm2-135m method.mom2_n_tokens=50000")
     p_mend = sub.add_parser("train-mend", help="train a MEND hypernetwork for a model (logged as runs:/<id>/mend)")
     p_mend.add_argument("overrides", nargs="*", help="e.g. model=smollm2-135m method.train.max_minutes=30")
+    p_exp = sub.add_parser("experiment", help="run a grid of edit runs (configs/experiment/NAME.yaml) and its report")
+    p_exp.add_argument("name", help="an experiment name (configs/experiment/) or a YAML file")
+    p_exp.add_argument("overrides", nargs="*", help="applied to every cell, e.g. tasks.limit=50 model=tiny-llama")
+    p_rep = sub.add_parser("report", help="figures and tables of an experiment's parent run, or of edit runs")
+    p_rep.add_argument("run_ids", nargs="+")
+    p_rep.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     p_ckpt = sub.add_parser("checkpoint", help="download a run's edited checkpoint")
     p_ckpt.add_argument("run_id")
     p_ckpt.add_argument("--out", required=True, help="directory to write the checkpoint to")
@@ -35,10 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     from editharm import runs
 
     try:
-        if args.command in RUN_COMMANDS:
+        if args.command == "experiment":
+            print(f"editharm: experiment run {runs.experiment(args.name, args.overrides)} finished")
+        elif args.command in RUN_COMMANDS:
             command = {"edit": runs.edit, "evaluate": runs.evaluate, "stats": runs.statistics,
                        "train-mend": runs.train_mend}[args.command]
             print(f"editharm: run {command(args.overrides)} finished")
+        elif args.command == "report":
+            print(f"editharm: report logged to run {runs.report(args.run_ids, args.tracking_uri)} (artifacts: report/)")
         else:
             print(runs.checkpoint(args.run_id, args.out, args.tracking_uri))
     except EditharmError as err:

@@ -131,7 +131,13 @@ class TrackingConfig:
     run_name: Optional[str] = None
     log_checkpoint: bool = True
     """Log the edited model as a transformers checkpoint under the `checkpoint/` artifact."""
+    log_model: bool = True
+    """Log the edited model as an MLflow Model (transformers flavour, `models:/<model_id>`, run tag `model_uri`):
+    `mlflow.transformers.load_model(uri)` loads it, `mlflow.register_model(uri, name)` registers it."""
     log_predictions: bool = True
+    log_report: bool = True
+    """Draw the run's own report (`report/`: ability against edits, tables with paired differences) at its end;
+    a run inside an experiment leaves that to the experiment's report."""
 
 
 @dataclass

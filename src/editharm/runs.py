@@ -81,8 +81,9 @@ def _method_label(m) -> str:
     return m.name
 
 
-def edit(argv: list[str]) -> str:
-    """Apply the configured edits in one MLflow run; returns its run id."""
+def edit(argv: list[str], parent=None, run_name: str | None = None, tags: dict[str, str] | None = None) -> str:
+    """Apply the configured edits in one MLflow run (nested under `parent`, an experiment's run, when given);
+    returns its run id."""
     import lightning as L
 
     from editharm import data, registry, tracking
@@ -94,9 +95,10 @@ def edit(argv: list[str]) -> str:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     g = cfg.guard
     shaped = "" if g.name == "none" else f"-{g.name}{getattr(g, 'k', '')}"
-    with tracking.start(cfg, f"{_method_label(cfg.method)}-{cfg.model.name}-{e.mode}-n{e.n}{shaped}") as logger:
+    name = run_name or f"{_method_label(cfg.method)}-{cfg.model.name}-{e.mode}-n{e.n}{shaped}"
+    with tracking.start(cfg, name, parent=parent) as logger:
         _log_run(logger, cfg, tree, tasks, kind="edit", method=cfg.method.name, mode=e.mode, eval_every=every,
-                 edits_dataset=e.dataset, guard=g.name)
+                 edits_dataset=e.dataset, guard=g.name, **(tags or {}))
         model, tok = _model(cfg)
         method = registry.method(cfg.method.name)
         method.prepare(cfg, model, tok, logger)  # e.g. MEND's hypernetwork: resolved (or trained) before compute
@@ -112,9 +114,20 @@ def edit(argv: list[str]) -> str:
         if e.n % every:
             trainer.validate(module, datamodule=dm, verbose=False)
         tracking.log_deltas(logger, module.model, module.cumulative)
-        if cfg.tracking.log_checkpoint:
-            tracking.log_checkpoint(logger, module.model, tok)
+        tracking.log_edited_model(logger, module.model, tok, checkpoint=cfg.tracking.log_checkpoint,
+                                  mlflow_model=cfg.tracking.log_model, step=module.n_edits)
+        if cfg.tracking.log_report and parent is None:
+            _own_report(logger)
         return logger.run_id
+
+
+def _own_report(logger) -> None:
+    """The run's `report/`; a drawing failure is reported and tagged, never fails the finished edits."""
+    try:
+        report([logger.run_id], logger._tracking_uri, into=logger.run_id)
+    except Exception as err:  # noqa: BLE001
+        print(f"editharm: warning: the run's report could not be drawn ({type(err).__name__}: {err})")
+        logger.experiment.set_tag(logger.run_id, "report.error", f"{type(err).__name__}: {err}"[:5000])
 
 
 def evaluate(argv: list[str]) -> str:
@@ -177,6 +190,22 @@ def train_mend(argv: list[str]) -> str:
     rows = mend_train.training_data(cfg, data.data_dir(cfg.data_dir))  # bad data fails before the model loads
     model, tok = _model(cfg)
     return mend_train.train(cfg, model, tok, rows=rows)
+
+
+def experiment(name: str, argv: list[str]) -> str:
+    """Run the experiment grid `configs/experiment/<name>.yaml` (overrides `argv` on every cell) as one
+    parent run with a child run per cell, then log its report to the parent; returns the parent's id."""
+    from editharm import experiments
+
+    return experiments.run(name, argv, edit=edit, setup=lambda cell: _setup(cell, edits=True)[0], report=report)
+
+
+def report(run_ids: list[str], uri: str | None = None, into: str | None = None) -> str:
+    """Draw the report of `run_ids` (an experiment's parent run, or edit runs) and log it under `report/` of
+    `into` (default: the parent, or a new report run); returns the run that holds it."""
+    from editharm.report import build
+
+    return build.report(run_ids, uri, into)
 
 
 def _quiet_lightning() -> None:

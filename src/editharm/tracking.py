@@ -4,7 +4,8 @@
         ...                                          # FAILED (or KILLED) if the block raises
 
 Artifacts: `config/resolved.yaml`, `deltas/deltas.safetensors` + `deltas/summary.json`,
-`predictions/<evaluator>/edits_<n>.jsonl`, and `checkpoint/` (a plain transformers checkpoint).
+`predictions/<evaluator>/edits_<n>.jsonl`, and `checkpoint/` (a plain transformers checkpoint); beside
+them the edited model as an MLflow Model (transformers flavour, `models:/<model_id>`, run tag `model_uri`).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from editharm import deltas as D
 from editharm.errors import EditharmError
 
 CHECKPOINT = "checkpoint"
+UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
 
 
 class RunLogger(MLFlowLogger):
@@ -42,18 +44,22 @@ def tracking_uri(cfg: C.RunConfig | None = None) -> str:
 
 
 @contextmanager
-def start(cfg: C.RunConfig, run_name: str, parent: RunLogger | None = None) -> Iterator[RunLogger]:
+def start(cfg: C.RunConfig, run_name: str, parent: RunLogger | None = None,
+          resume: str | None = None) -> Iterator[RunLogger]:
     """Open (or, under `mlflow run`, join) this process's run; end it FINISHED, or FAILED on error. With a
-    `parent`, open a new run nested under it (same experiment, `mlflow.parentRunId`)."""
+    `parent`, open a new run nested under it (same experiment, `mlflow.parentRunId`); with `resume`, reopen
+    that run (RUNNING again)."""
     if parent is not None:
         experiment = parent.experiment.get_experiment(parent.experiment_id).name
         logger = RunLogger(experiment_name=experiment, tracking_uri=parent._tracking_uri, run_name=run_name,
                            log_model=False, tags={"mlflow.parentRunId": parent.run_id})
     else:
         logger = RunLogger(experiment_name=cfg.tracking.experiment, tracking_uri=tracking_uri(cfg),
-                           run_id=os.environ.get("MLFLOW_RUN_ID"), run_name=cfg.tracking.run_name or run_name,
+                           run_id=resume or os.environ.get("MLFLOW_RUN_ID"), run_name=cfg.tracking.run_name or run_name,
                            log_model=False)
     run_id = logger.run_id  # creates the run now, so a failure below is recorded against it
+    if resume:
+        logger.experiment.update_run(run_id, "RUNNING")
     try:
         yield logger
     except KeyboardInterrupt:
@@ -64,6 +70,7 @@ def start(cfg: C.RunConfig, run_name: str, parent: RunLogger | None = None) -> I
         raise
     else:
         logger.experiment.set_terminated(run_id, "FINISHED")
+        print_links(logger)
 
 
 def mark_failed(logger: RunLogger, err: BaseException) -> None:
@@ -89,7 +96,7 @@ def log_config(logger: RunLogger, tree) -> None:
     """Flattened keys as params, the resolved YAML as `config/resolved.yaml`."""
     params = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in C.flatten(tree).items()}
     logger.log_hyperparams(params)
-    _log_text(logger, "config/resolved.yaml", C.to_yaml(tree))
+    log_text(logger, "config/resolved.yaml", C.to_yaml(tree))
 
 
 @rank_zero_only
@@ -124,7 +131,7 @@ def git_commit() -> str:
 @rank_zero_only
 def log_jsonl(logger: RunLogger | None, artifact: str, rows: list[dict]) -> None:
     if logger is not None:
-        _log_text(logger, artifact, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        log_text(logger, artifact, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 @rank_zero_only
@@ -156,6 +163,117 @@ def log_checkpoint(logger: RunLogger, model, tokenizer) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         logger.experiment.log_artifacts(logger.run_id, tmp, CHECKPOINT)
+
+
+@rank_zero_only
+def log_edited_model(logger: RunLogger, model, tokenizer, checkpoint: bool = True, mlflow_model: bool = True,
+                     step: int = 0) -> str | None:
+    """What `tracking.log_checkpoint` and `tracking.log_model` ask for: `checkpoint/`, and the MLflow Model
+    (see `log_model`); returns the `models:/` URI, or None."""
+    if checkpoint:
+        log_checkpoint(logger, model, tokenizer)
+    return log_model(logger, model, tokenizer, step) if mlflow_model else None
+
+
+@rank_zero_only
+def log_model(logger: RunLogger, model, tokenizer, step: int = 0) -> str:
+    """The edited model as an MLflow Model of this run (transformers flavour, task text-generation): listed
+    in the run's Models column, loadable with `mlflow.transformers.load_model(uri)` and registrable with
+    `mlflow.register_model(uri, name)`. Returns its `models:/<model_id>` URI, also set as the run tag
+    `model_uri`; `step` (edits applied) links the run's metrics at that step to the model.
+
+    Logged against our run through the client: the logged model is created in the run's experiment first
+    (MLflow's own creation would use the fluent experiment, `0` here), no fluent run is started or ended,
+    and the run's status is left to `start()`. Requirements are given, not inferred (inference loads the model
+    in a subprocess and may reach the network); no input example, so no signature inference or serving check.
+    The weights are written a second time (beside `checkpoint/`): MLflow 3.17 cannot log a local checkpoint
+    directory under transformers 5 (`build_flavor_config_from_local_checkpoint` fails on the lazy pipeline
+    registry), and it references weights only for hub repositories and PEFT base models."""
+    import time
+
+    import mlflow
+    from huggingface_hub import ModelCard
+
+    started = time.perf_counter()
+    client, run_id = logger.experiment, logger.run_id
+    run = client.get_run(run_id)
+    logged = client.create_logged_model(
+        experiment_id=run.info.experiment_id, name=_model_name(run.info.run_name), source_run_id=run_id,
+        params=dict(run.data.params), tags={k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")})
+    card = ModelCard(f"---\nlibrary_name: transformers\ntags: [editharm, knowledge-editing]\n---\n\n"
+                     f"# {run.info.run_name}\n\nEdited by editharm, run `{run_id}`; the base model and the edits "
+                     "are in the run's tags, params and `config/resolved.yaml`.\n")  # no hub look-up for a card
+    with _global_tracking_uri(logger._tracking_uri):  # MLflow resolves its client from the global URI
+        info = mlflow.transformers.log_model({"model": model, "tokenizer": tokenizer}, name=logged.name,
+                                             task="text-generation", model_id=logged.model_id, run_id=run_id,
+                                             step=step, model_card=card, pip_requirements=_requirements())
+    uri = f"models:/{info.model_id}"
+    client.set_tag(run_id, "model_uri", uri)
+    logger.log_metrics({"time/log_model_s": time.perf_counter() - started}, step=step)
+    return uri
+
+
+@contextmanager
+def _global_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI set to `uri` for the block, then put back, $MLFLOW_TRACKING_URI included
+    (`mlflow.set_tracking_uri` also sets or unsets it)."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with _use_tracking_uri(uri):
+            yield
+    finally:
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
+def _model_name(run_name: str | None) -> str:
+    """A logged model's name from the run name (letters, digits, `-_.`)."""
+    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in run_name or "")
+    return name or "edited-model"
+
+
+def _requirements() -> list[str]:
+    """Pins of what loading the model needs, from the installed versions (local labels such as `+cpu` dropped)."""
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg).split('+')[0]}" for pkg in ("mlflow", "transformers", "torch", "tokenizers",
+                                                               "safetensors")]
+
+
+def ui_urls(uri: str, experiment_id: str, run_id: str) -> tuple[str, str]:
+    """`(run, experiment)`: the run's page and the experiment's run list, both in the UI's model-training view
+    (`workflowType=machine_learning`), on the tracking server for http(s) URIs, else on `mlflow ui`'s default."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI
+    view = "workflowType=machine_learning"
+    return (f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{view}",
+            f"{base}/#/experiments/{experiment_id}/runs?{view}")
+
+
+def links(logger: RunLogger) -> list[str]:
+    """The lines printed at the end of a run: where to open it in the UI, and its logged model's URI."""
+    client, run_id = logger.experiment, logger.run_id
+    run = client.get_run(run_id)
+    uri = logger._tracking_uri
+    page, listing = ui_urls(uri, run.info.experiment_id, run_id)
+    how = "" if uri.startswith(("http://", "https://")) else f"run `mlflow ui --backend-store-uri {uri}` and "
+    out = [f"editharm: {how}open {page} (all runs: {listing})"]
+    if model_uri := run.data.tags.get("model_uri"):
+        out.append(f"editharm: edited model {model_uri}: mlflow.transformers.load_model(uri), "
+                   "mlflow.register_model(uri, name)")
+    return out
+
+
+@rank_zero_only
+def print_links(logger: RunLogger) -> None:
+    try:
+        lines = links(logger)
+    except Exception as err:  # the run is logged and finished; a failed look-up must not fail the command
+        lines = [f"editharm: run {logger.run_id} finished; its UI address is unknown ({type(err).__name__}: {err})"]
+    print("\n".join(lines), flush=True)
 
 
 def download_checkpoint(run_id: str, out: Path, uri: str | None = None) -> Path:
@@ -193,17 +311,32 @@ def resolve_checkpoint(spec: str, cache: Path) -> Path:
     return path
 
 
-def find_runs(tags: dict[str, str], uri: str, status: str = "FINISHED") -> list[str]:
-    """Ids of the runs (any experiment) carrying all `tags` with `status`, newest first."""
+def find_runs(tags: dict[str, str], uri: str, status: str | None = "FINISHED") -> list[str]:
+    """Ids of the runs (any experiment) carrying all `tags` with `status` (None: any), newest first."""
+    return [r.info.run_id for r in _search(uri, status) if all(r.data.tags.get(k) == v for k, v in tags.items())]
+
+
+def child_runs(parent_id: str, uri: str, status: str | None = "FINISHED") -> dict[str, str]:
+    """`config_hash` tag -> run id of the runs nested under `parent_id` (the newest per hash)."""
+    out: dict[str, str] = {}
+    for r in _search(uri, status):
+        h = r.data.tags.get("config_hash")
+        if r.data.tags.get("mlflow.parentRunId") == parent_id and h and h not in out:
+            out[h] = r.info.run_id
+    return out
+
+
+def _search(uri: str, status: str | None) -> list:
+    """Every run of the store with `status` (None: any), newest first (tags are filtered by the callers, in
+    Python: tag values may hold any character)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     if not experiments:
         return []
-    runs = client.search_runs(experiments, f"attributes.status = '{status}'", order_by=["attributes.start_time DESC"],
-                              max_results=5000)
-    return [r.info.run_id for r in runs if all(r.data.tags.get(k) == v for k, v in tags.items())]  # any characters
+    return client.search_runs(experiments, f"attributes.status = '{status}'" if status else "",
+                              order_by=["attributes.start_time DESC"], max_results=50000)
 
 
 def fetch_artifact(uri: str, cache: Path, tracking: str | None = None) -> Path:
@@ -227,7 +360,7 @@ def fetch_artifact(uri: str, cache: Path, tracking: str | None = None) -> Path:
     return out
 
 
-def _log_text(logger: RunLogger, artifact: str, text: str) -> None:
+def log_text(logger: RunLogger, artifact: str, text: str) -> None:
     folder, _, name = artifact.rpartition("/")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / name).write_text(text, encoding="utf-8")

@@ -1,0 +1,91 @@
+"""Run an experiment grid: one parent MLflow run, one nested child run per cell, then its report.
+
+    parent_id = run("gu2024-sequential", ["tasks.limit=50"], edit=runs.edit)
+
+Every cell's config and data are checked before the first cell starts. A cell that fails is marked FAILED
+and the others go on. Running the same command again reopens the same parent (found by the grid's hash)
+and skips the cells it already FINISHED with the same config hash, so an interrupted grid resumes.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import time
+from typing import Callable
+
+from editharm import config as C
+from editharm import grid, tracking
+from editharm.errors import ConfigError, EditharmError
+
+
+def check(spec: grid.ExperimentSpec, cells: list[grid.Cell], setup: Callable) -> list[tuple]:
+    """`(tree, config hash)` per cell; the first bad cell fails with its name, before any compute."""
+    out = []
+    for cell in cells:
+        try:
+            tree = setup(cell.argv)
+        except EditharmError as err:
+            raise ConfigError(f"experiment {spec.name}, cell {cell.name}: {err}") from None
+        out.append((tree, grid.config_hash(tree)))
+    return out
+
+
+def run(name: str, extra: list[str], edit: Callable, setup: Callable, report: Callable | None = None) -> str:
+    """Run the grid `name` with `extra` overrides on every cell; returns the parent run id.
+
+    `setup(argv) -> tree` validates a cell (config, edit data, tasks); `edit(argv, parent=, run_name=, tags=)`
+    runs it; `report(parent_id, uri)` draws the report into the parent afterwards."""
+    spec = grid.load(name)
+    cells = grid.cells(spec, extra)
+    checked = check(spec, cells, setup)
+    hashes = [h for _, h in checked]
+    cfg = C.to_object(checked[0][0])
+    uri = tracking.tracking_uri(cfg)
+    ghash = grid.grid_hash(spec.name, hashes)
+    joined = os.environ.get("MLFLOW_RUN_ID")  # under `mlflow run` the parent is the run we were handed
+    earlier = None if joined else next(iter(tracking.find_runs({"kind": "experiment", "grid_hash": ghash}, uri,
+                                                                status=None)), None)
+    failed: list[tuple[str, str]] = []
+    with tracking.start(cfg, f"experiment-{spec.name}", resume=earlier) as parent:
+        r = spec.report
+        tracking.set_tags(parent, {"kind": "experiment", "experiment": spec.name, "grid_hash": ghash,
+                                   "git_commit": tracking.git_commit(), "report.x": r.x, "report.x_key": r.x_key or "",
+                                   "report.paper": r.paper or ""})
+        if earlier is None:
+            parent.log_hyperparams({"experiment": spec.name, "cells": len(cells), "overrides": json.dumps(list(extra))})
+            tracking.log_text(parent, "experiment/cells.json", json.dumps(
+                [{"name": c.name, "values": c.values, "argv": c.argv, "config_hash": h} for c, h in zip(cells, hashes)],
+                indent=1, ensure_ascii=False))
+        done = tracking.child_runs(parent.run_id, uri, status="FINISHED")
+        print(f"editharm: experiment {spec.name}: {len(cells)} cells, parent run {parent.run_id}"
+              + (f" (resumed; {sum(h in done for h in hashes)} finished already)" if earlier else ""))
+        counts = {"finished": 0, "skipped": 0, "failed": 0}
+        for i, (cell, h) in enumerate(zip(cells, hashes), 1):
+            head = f"[{i}/{len(cells)}] {cell.name}"
+            if h in done:
+                counts["skipped"] += 1
+                print(f"{head}: finished already (run {done[h]}), skipped")
+                continue
+            print(f"{head}: running", flush=True)
+            t0 = time.perf_counter()
+            try:
+                child = edit(cell.argv, parent=parent, run_name=cell.name,
+                             tags={"cell": cell.name, "config_hash": h, "experiment": spec.name,
+                                   **{f"axis.{k}": v for k, v in cell.values.items()}})
+            except Exception as err:  # noqa: BLE001  (the cell's run is marked FAILED; the grid goes on)
+                counts["failed"] += 1
+                failed.append((cell.name, str(err).splitlines()[0] if str(err) else type(err).__name__))
+                print(f"{head}: FAILED after {time.perf_counter() - t0:.0f} s: {failed[-1][1]}")
+            else:
+                counts["finished"] += 1
+                print(f"{head}: finished in {time.perf_counter() - t0:.0f} s (run {child})")
+            gc.collect()
+        parent.log_metrics({f"experiment/cells_{k}": v for k, v in counts.items()})
+        if report is not None and (counts["finished"] or counts["skipped"]):
+            report([parent.run_id], uri, into=parent.run_id)
+        if failed:
+            raise EditharmError(f"{len(failed)} of {len(cells)} cells failed ({'; '.join(f'{n}: {e}' for n, e in failed)}); "
+                                "each is marked FAILED in MLflow; run the same command again to rerun them "
+                                "(finished cells are skipped)")
+        return parent.run_id

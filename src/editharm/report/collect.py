@@ -1,0 +1,197 @@
+"""Read runs back from the tracking store into lines of points: what a report draws and tabulates.
+
+    got = collect(client, ["<parent run id>"])      # an experiment's parent: its newest FINISHED child per cell
+    got.lines[0].label, got.lines[0].points          # e.g. "rome", [Point(x=0, ...), Point(x=5, ...), ...]
+    got.panels                                       # what to draw: tasks, edit metrics, perplexity
+
+A line's points are its run's evaluation steps (x = edits applied), or, when the experiment's report names an
+axis (Batch-Single: x = batch size), one point per cell at its final step plus the unedited model at x = 0.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from mlflow.exceptions import MlflowException
+
+from editharm import grid
+
+PERPLEXITY = "probe/perplexity"
+EDIT_KINDS = ("efficacy", "generalization", "locality")
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    key: str
+    task: str | None = None
+    """The ability task it scores (its paired difference and likelihood live under the same prefix)."""
+
+
+@dataclass
+class Point:
+    x: float
+    run_id: str
+    step: int
+    values: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Line:
+    label: str
+    points: list[Point]
+
+
+@dataclass
+class Collected:
+    title: str
+    x: str
+    """`step` or the axis name the lines are drawn over."""
+    paper: str | None
+    lines: list[Line]
+    panels: list[Panel]
+    runs: list = field(default_factory=list)
+    """The MLflow runs read, in line order."""
+
+
+def primary_key(task: str, protocol: str) -> str:
+    """`ability/<task>/<headline score>` of a task, from its config's metric."""
+    from editharm.registry import METRICS, lookup
+    from editharm.tasks.spec import load_spec
+
+    return f"ability/{task}/{lookup(METRICS, load_spec(task, protocol).metric, 'metric').primary}"
+
+
+def panels_of(runs: list) -> list[Panel]:
+    """One panel per ability task, then efficacy, generalization, locality and perplexity, as the runs hold them."""
+    tasks, protocol = [], "gu2024"
+    for run in runs:
+        protocol = run.data.tags.get("protocol", protocol)
+        for t in json.loads(run.data.params.get("tasks.names", "[]")):
+            if t not in tasks:
+                tasks.append(t)
+    out = [Panel(t, primary_key(t, protocol), t) for t in tasks]
+    logged = {k for run in runs for k in run.data.metrics}
+    for kind in EDIT_KINDS:
+        pick = _edit_key(logged, kind)
+        if pick:
+            out.append(Panel(f"edit {kind}", pick))
+    if PERPLEXITY in logged:
+        out.append(Panel("perplexity", PERPLEXITY))
+    return out
+
+
+def _edit_key(logged: set[str], kind: str) -> str | None:
+    """The edit metric of `kind`: CounterFact's `success` where logged, else teacher-forced token accuracy
+    (locality: the share of unchanged answer tokens)."""
+    names = ("locality_unchanged",) if kind == "locality" else (f"{kind}_success", f"{kind}_token_acc")
+    for name in names:
+        found = sorted(k for k in logged if k.startswith("edit/") and k.endswith(f"/{name}"))
+        if found:
+            return found[0]
+    return None
+
+
+def wanted_keys(panels: list[Panel], logged: set[str]) -> list[str]:
+    """Every key a report reads: each panel's, with its interval, paired difference and the task's likelihood."""
+    out = []
+    for p in panels:
+        bases = [p.key] + ([f"ability/{p.task}/gold_logprob", f"ability/{p.task}/gold_mass"] if p.task else [])
+        for base in bases:
+            out += [k for k in (base, f"{base}_ci_low", f"{base}_ci_high", f"{base}_delta", f"{base}_delta_ci_low",
+                                f"{base}_delta_ci_high") if k in logged]
+    return out
+
+
+def collect(uri: str, run_ids: list[str]) -> Collected:
+    """The lines and panels of `run_ids` in the store at `uri`: one experiment parent run, or edit runs (a line
+    each, x = edits)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    first = client.get_run(run_ids[0])
+    if first.data.tags.get("kind") == "experiment":
+        runs = _children(client, uri, first)
+        x, x_key = first.data.tags.get("report.x", "step"), first.data.tags.get("report.x_key") or None
+        paper = first.data.tags.get("report.paper") or None
+        title = f"experiment {first.data.tags.get('experiment', first.info.run_name)}"
+    else:
+        runs, x, x_key, paper = [client.get_run(r) for r in run_ids], "step", None, None
+        title = ", ".join(r.info.run_name for r in runs)
+    if not runs:
+        from editharm.errors import EditharmError
+
+        raise EditharmError(f"run {run_ids[0]} has no FINISHED runs to report on")
+    panels = panels_of(runs)
+    histories = {r.info.run_id: _histories(client, r, panels) for r in runs}
+    lines = _by_step(runs, histories) if x == "step" else _by_axis(runs, histories, x, x_key)
+    return Collected(title, x, paper, lines, panels, runs)
+
+
+def _children(client, uri: str, parent) -> list:
+    """The newest FINISHED child per cell, in the grid's cell order."""
+    from editharm import tracking
+
+    by_hash = tracking.child_runs(parent.info.run_id, uri)
+    runs = [client.get_run(r) for r in by_hash.values()]
+    try:
+        order = [c["config_hash"] for c in json.loads(_read_text(uri, parent.info.run_id, "experiment/cells.json"))]
+    except (OSError, ValueError, KeyError, MlflowException):
+        order = []
+    rank = {h: i for i, h in enumerate(order)}
+    return sorted(runs, key=lambda r: (rank.get(r.data.tags.get("config_hash"), len(rank)), r.info.start_time))
+
+
+def _read_text(uri: str, run_id: str, path: str) -> str:
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        got = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp, tracking_uri=uri)
+        return Path(got).read_text(encoding="utf-8")
+
+
+def _histories(client, run, panels: list[Panel]) -> dict[int, dict[str, float]]:
+    """step -> {key: value} for the keys a report reads."""
+    out: dict[int, dict[str, float]] = {}
+    for key in wanted_keys(panels, set(run.data.metrics)):
+        for m in client.get_metric_history(run.info.run_id, key):
+            out.setdefault(m.step, {})[key] = m.value
+    return out
+
+
+def _label(run) -> str:
+    """A cell's axis values without the experiment's label, else the run's name."""
+    values = [v for k, v in sorted(run.data.tags.items()) if k.startswith("axis.")]
+    cell = run.data.tags.get("cell")
+    if cell and values:
+        return grid.SEP.join(v for v in cell.split(grid.SEP) if v in values)
+    return run.info.run_name
+
+
+def _by_step(runs: list, histories: dict) -> list[Line]:
+    return [Line(_label(r), [Point(float(s), r.info.run_id, s, v) for s, v in sorted(histories[r.info.run_id].items())])
+            for r in runs]
+
+
+def _by_axis(runs: list, histories: dict, axis: str, x_key: str) -> list[Line]:
+    """Cells grouped by their other axes' values; a point per cell at its last step, x from `x_key`; the unedited
+    model (step 0 of the group's first cell) at x = 0."""
+    groups: dict[str, list] = {}
+    for r in runs:
+        others = [v for k, v in sorted(r.data.tags.items()) if k.startswith("axis.") and k != f"axis.{axis}"]
+        groups.setdefault(grid.SEP.join(others) or axis, []).append(r)
+    lines = []
+    for label, members in groups.items():
+        points = []
+        for r in members:
+            h = histories[r.info.run_id]
+            if not points and 0 in h:
+                points.append(Point(0.0, r.info.run_id, 0, h[0]))
+            last = max(h) if h else 0
+            if last > 0:
+                points.append(Point(float(r.data.params[x_key]), r.info.run_id, last, h[last]))
+        lines.append(Line(label, sorted(points, key=lambda p: p.x)))
+    return lines

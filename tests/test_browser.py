@@ -1,0 +1,96 @@
+"""What a user sees: headless Chromium against a real `mlflow ui` on a loopback port, over the smoke grid.
+
+The Model-training URL the README gives lists the experiment's parent run; the parent's report figure shows
+in the Artifacts tab (a screenshot with the figure's line colours in it); a cell's run page shows its logged
+model. Skipped without a `chromium` binary unless EDITHARM_REQUIRE_BROWSER=1 (CI sets it and installs one).
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from editharm import runs, tracking
+from tests.conftest import client
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _browse(url: str, *flags: str) -> str:
+    proc = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000",
+                           "--virtual-time-budget=20000", *flags, url], capture_output=True, text=True, timeout=120)
+    return proc.stdout
+
+
+@pytest.fixture
+def ui(env, tracking, tmp_path):
+    if CHROMIUM is None:
+        if os.environ.get("EDITHARM_REQUIRE_BROWSER") == "1":
+            pytest.fail("EDITHARM_REQUIRE_BROWSER=1 but no chromium on PATH (apt-get install chromium)")
+        pytest.skip("no chromium on PATH")
+    parent = runs.experiment("smoke", [])
+    port = _free_port()
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    server = subprocess.Popen([str(mlflow_bin), "ui", "--backend-store-uri", tracking, "--host", "127.0.0.1",
+                               "--port", str(port)], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(180):
+            try:
+                if urllib.request.urlopen(f"{base}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                time.sleep(1)
+        else:
+            pytest.fail("mlflow ui did not answer /health within 180 s")
+        yield base, parent
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def _coloured(png: Path, rgb: tuple[int, int, int], tol: int = 40) -> int:
+    """Pixels of the screenshot within `tol` of `rgb` (matplotlib's C0/C1 line colours)."""
+    from matplotlib.image import imread
+
+    img = (imread(str(png))[..., :3] * 255).astype(int)
+    return int((abs(img - rgb).max(-1) <= tol).sum())
+
+
+def test_the_ui_shows_the_grid_its_report_figure_and_the_logged_model(ui, tmp_path):
+    base, parent_id = ui
+    c = client()
+    parent = c.get_run(parent_id)
+    experiment = parent.info.experiment_id
+    page, listing = tracking.ui_urls(base, experiment, parent_id)
+    assert listing == f"{base}/#/experiments/{experiment}/runs?workflowType=machine_learning"  # the README's URL
+    listed = _browse(listing, "--dump-dom")
+    assert "experiment-smoke" in listed and "Evaluation runs" not in listed  # the model-training view, not GenAI
+
+    figure = f"{base}/#/experiments/{experiment}/runs/{parent_id}/artifacts/report/abilities.png"
+    assert 'alt="report/abilities.png"' in _browse(figure, "--dump-dom")
+    shots = {}
+    for name in ("abilities.png", "lines.json"):  # the figure, and a page of the same view without one
+        shots[name] = tmp_path / f"{name}.png"
+        _browse(figure.replace("abilities.png", name), f"--screenshot={shots[name]}")
+    lines = {n: _coloured(p, (31, 119, 180)) + _coloured(p, (255, 127, 14)) for n, p in shots.items()}
+    assert lines["abilities.png"] > lines["lines.json"] + 150, f"no figure lines in the screenshot: {lines}, {shots}"
+
+    (cell,) = c.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.cell = 'ft·smoke'")
+    model_id = cell.data.tags["model_uri"].removeprefix("models:/")
+    dom = _browse(f"{base}/#/experiments/{experiment}/runs/{cell.info.run_id}?workflowType=machine_learning",
+                  "--dump-dom")
+    assert "Logged models" in dom and model_id in dom
