@@ -1,22 +1,12 @@
 """Batched inference equals the obvious one-example-at-a-time computation."""
 import pytest
-import torch
 
-from editharm import config, models
 from editharm.tasks.inference import choice_logliks, cut_at_stop, generate
-
-
-@pytest.fixture(params=["tiny-llama", "tiny-gpt2"], scope="module")
-def tiny(request):
-    return models.load(config.load([f"model={request.param}"]).model, models.cache_root())
+from tests.tasks.conftest import naive_logps
 
 
 def _naive(model, tok, context, choice):
-    ctx = tok(context)["input_ids"]
-    cont = tok(choice, add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        logp = model(torch.tensor([ctx + cont])).logits[0].float().log_softmax(-1)
-    return sum(float(logp[len(ctx) - 1 + t, c]) for t, c in enumerate(cont))
+    return sum(naive_logps(model, tok, context, choice))
 
 
 def test_choice_logliks_match_full_sequence_scoring(tiny):

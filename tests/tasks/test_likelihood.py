@@ -10,24 +10,11 @@ from editharm.tasks.evaluator import TaskEvaluator
 from editharm.tasks.inference import continuation_logprobs
 from editharm.tasks.likelihood import gold_text
 from editharm.tasks.spec import Gold, load_spec
-
-
-@pytest.fixture(params=["tiny-llama", "tiny-gpt2"], scope="module")
-def tiny(request):
-    return models.load(config.load([f"model={request.param}"]).model, models.cache_root())
-
-
-def _logps(model, tok, context, continuation):
-    """log P of each continuation token, from one unpadded pass over context + continuation."""
-    ctx = tok(context)["input_ids"]
-    cont = tok(continuation, add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        logp = model(torch.tensor([ctx + cont])).logits[0].float().log_softmax(-1)
-    return [float(logp[len(ctx) - 1 + t, c]) for t, c in enumerate(cont)]
+from tests.tasks.conftest import naive_logps
 
 
 def _mean_logp(model, tok, context, continuation):
-    lps = _logps(model, tok, context, continuation)
+    lps = naive_logps(model, tok, context, continuation)
     return sum(lps) / len(lps)
 
 
@@ -79,7 +66,7 @@ def test_choice_gold_logprob_and_mass_by_hand(tiny, data_dir, name):
     masses = []
     for row in rows:
         item = task.items[row["index"]]
-        logliks = [sum(_logps(model, tok, item.prompt, c)) for c in item.choices]
+        logliks = [sum(naive_logps(model, tok, item.prompt, c)) for c in item.choices]
         mass = torch.tensor(logliks, dtype=torch.float64).exp()
         masses.append(float(mass[item.target] / mass.sum()))
         assert row["gold_logprob"] == pytest.approx(logliks[item.target], abs=1e-4)
