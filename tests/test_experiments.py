@@ -115,3 +115,23 @@ def test_verdict_reads_the_paired_interval(low, high, said):
 def test_retention_divides_by_the_unedited_score():
     assert figures.retention([0, 5, 10], [0.5, 0.25, 0.0]) == ([0, 5, 10], [1.0, 0.5, 0.0])
     assert figures.retention([0, 5], [0.0, 0.1]) == ([], [])  # nothing to divide by
+
+
+def test_an_edit_run_draws_its_own_report_and_report_joins_runs(env, capsys):
+    from editharm.__main__ import main
+    from tests.conftest import TINY
+
+    first = runs.edit([*TINY, "edits.n=2", "edits.eval_every=1", "tasks.names=[sst2]", "tracking.log_model=false"])
+    second = runs.edit([*TINY, "edits.n=2", "edits.eval_every=2", "tasks.names=[sst2]", "tracking.log_model=false",
+                        "tracking.log_report=false"])
+    c = client()
+    assert c.get_run(first).data.tags["report.figures"] == "abilities,likelihood"
+    assert "report/report.html" in {a.path for a in c.list_artifacts(first, "report")}
+    assert not c.list_artifacts(second, "report")
+    assert main(["report", first, second]) == 0
+    made = capsys.readouterr().out.split("report logged to run ")[1].split()[0]
+    run = c.get_run(made)
+    assert run.data.tags["kind"] == "report" and run.info.status == "FINISHED"
+    got = collect.collect(env_uri(), [first, second])
+    assert [[p.step for p in ln.points] for ln in got.lines] == [[0, 1, 2], [0, 2]]
+    assert {a.path for a in c.list_artifacts(made, "report")} >= {"report/abilities.png", "report/report.md"}
