@@ -22,7 +22,7 @@ def test_cells_are_the_product_of_the_axes_in_order():
     spec = grid.load("gu2024-batch")
     cells = grid.cells(spec, ["tasks.limit=50"])
     assert [c.name for c in cells] == [f"{m}·b{n}·batch" for m in ("memit", "mend") for n in (1, 4, 16, 64)]
-    assert cells[5].argv == ["edits=zsre-batch", "method=mend", "edits.n=4", "tasks.limit=50"]  # shared, axes, extra
+    assert cells[5].argv == [*spec.overrides, "method=mend", "edits.n=4", "tasks.limit=50"]  # shared, axes, extra
     assert cells[5].values == {"method": "mend", "size": "b4"}
 
 
@@ -71,6 +71,7 @@ def test_smoke_grid_resumes_reruns_a_failed_cell_and_reports(env, tmp_path, monk
     assert {k: r.info.status for k, r in children.items()} == {"ft·smoke": "FINISHED", "rome·smoke": "FAILED"}
     assert children["ft·smoke"].info.run_name == "ft·smoke"
 
+    stale = c.create_run(parent.info.experiment_id, tags={"mlflow.parentRunId": parent.info.run_id})  # a SIGKILLed cell
     capsys.readouterr()
     again = runs.experiment("smoke", [])
     out = capsys.readouterr().out
@@ -78,8 +79,9 @@ def test_smoke_grid_resumes_reruns_a_failed_cell_and_reports(env, tmp_path, monk
     assert "[1/2] ft·smoke: finished already" in out and "[2/2] rome·smoke: finished in" in out
     assert c.get_run(again).info.status == "FINISHED"
     nested = c.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{again}'")
-    assert sorted((r.data.tags["cell"], r.info.status) for r in nested) == [
-        ("ft·smoke", "FINISHED"), ("rome·smoke", "FAILED"), ("rome·smoke", "FINISHED")]  # ft not run twice
+    assert sorted((r.data.tags.get("cell", "?"), r.info.status) for r in nested) == [
+        ("?", "KILLED"), ("ft·smoke", "FINISHED"), ("rome·smoke", "FAILED"), ("rome·smoke", "FINISHED")]  # ft ran once
+    assert c.get_run(stale.info.run_id).data.tags["error"].startswith("killed:")
 
     got = collect.collect(env_uri(), [again])
     assert [ln.label for ln in got.lines] == ["ft", "rome"]
@@ -97,6 +99,34 @@ def test_smoke_grid_resumes_reruns_a_failed_cell_and_reports(env, tmp_path, monk
     assert all(r[-1] in ("harm detected", "gain detected", "not detected") for r in rows)
     lines = json.loads(read_artifact(again, "report/lines.json", tmp_path / "l").read_text())
     assert lines[0]["points"][0]["step"] == 0
+
+
+def test_a_grown_grid_reuses_the_cells_an_earlier_grid_finished(env, tmp_path, capsys):
+    import yaml
+
+    runs.experiment("smoke", [])
+    spec = yaml.safe_load(grid.config_dir_file("smoke").read_text())
+    spec["axes"]["method"]["ft5"] = [*spec["axes"]["method"]["ft"], "method.steps=5"]
+    (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True, sort_keys=False))
+    capsys.readouterr()
+    grown = runs.experiment(str(tmp_path / "smoke.yaml"), [])
+    out = capsys.readouterr().out
+    assert "2 finished already" in out and "[3/3] ft5·smoke: finished in" in out
+    got = collect.collect(env_uri(), [grown])
+    assert [ln.label for ln in got.lines] == ["ft", "rome", "ft5"] and not got.missing
+
+
+def test_cells_that_collide_or_lack_the_report_axis_fail_before_compute(env, tmp_path):
+    same = tmp_path / "same.yaml"
+    same.write_text("overrides: [model=tiny-llama, 'tasks.names=[]', edits.n=2]\n"
+                    "axes: {method: {a: [method=ft], b: [method=ft]}}\n")
+    with pytest.raises(ConfigError, match="cells a and b resolve to the same config"):
+        runs.experiment(str(same), [])
+    axis = tmp_path / "axis.yaml"
+    axis.write_text("overrides: [model=tiny-llama, 'tasks.names=[]', edits.n=2]\n"
+                    "axes: {guard: {none: [guard=none], rect: [guard=rect]}}\nreport: {x: guard, x_key: guard.k}\n")
+    with pytest.raises(ConfigError, match="cell none: report.x_key=guard.k is not a number"):
+        runs.experiment(str(axis), [])
 
 
 def env_uri() -> str:

@@ -20,14 +20,24 @@ from editharm.errors import ConfigError, EditharmError
 
 
 def check(spec: grid.ExperimentSpec, cells: list[grid.Cell], setup: Callable) -> list[tuple]:
-    """`(tree, config hash)` per cell; the first bad cell fails with its name, before any compute."""
-    out = []
+    """`(tree, config hash)` per cell; the first bad cell fails with its name, before any compute: a bad override
+    or data, a report axis whose `x_key` the cell lacks, two cells that resolve to the same config."""
+    out, seen = [], {}
     for cell in cells:
         try:
             tree = setup(cell.argv)
         except EditharmError as err:
             raise ConfigError(f"experiment {spec.name}, cell {cell.name}: {err}") from None
-        out.append((tree, grid.config_hash(tree)))
+        r = spec.report
+        if r.x != "step" and not isinstance(C.flatten(tree).get(r.x_key), (int, float)):
+            raise ConfigError(f"experiment {spec.name}, cell {cell.name}: report.x_key={r.x_key} is not a number in "
+                              f"its config (got {C.flatten(tree).get(r.x_key)!r}); the report draws x from it")
+        h = grid.config_hash(tree)
+        if h in seen:
+            raise ConfigError(f"experiment {spec.name}: cells {seen[h]} and {cell.name} resolve to the same config "
+                              "(an override on the command line may have overridden an axis)")
+        seen[h] = cell.name
+        out.append((tree, h))
     return out
 
 
@@ -48,18 +58,22 @@ def run(name: str, extra: list[str], edit: Callable, setup: Callable, report: Ca
                                                                 status=None)), None)
     failed: list[tuple[str, str]] = []
     with tracking.start(cfg, f"experiment-{spec.name}", resume=earlier) as parent:
+        if earlier:
+            tracking.close_stale_children(parent.run_id, uri, "the grid was stopped before this cell ended")
         r = spec.report
         tracking.set_tags(parent, {"kind": "experiment", "experiment": spec.name, "grid_hash": ghash,
                                    "git_commit": tracking.git_commit(), "report.x": r.x, "report.x_key": r.x_key or "",
                                    "report.paper": r.paper or ""})
-        if earlier is None:
-            parent.log_hyperparams({"experiment": spec.name, "cells": len(cells), "overrides": json.dumps(list(extra))})
+        if earlier is None:  # keys of our own: under `mlflow run` the project's `name`/`overrides` params exist already
+            parent.log_hyperparams({"experiment.name": spec.name, "experiment.cells": len(cells),
+                                    "experiment.overrides": " ".join(extra)})
             tracking.log_text(parent, "experiment/cells.json", json.dumps(
                 [{"name": c.name, "values": c.values, "argv": c.argv, "config_hash": h} for c, h in zip(cells, hashes)],
                 indent=1, ensure_ascii=False))
-        done = tracking.child_runs(parent.run_id, uri, status="FINISHED")
+        done = tracking.finished_cells(spec.name, uri)  # any earlier parent's: the same config is the same run
+        ran = {h: done[h] for h in hashes if h in done}
         print(f"editharm: experiment {spec.name}: {len(cells)} cells, parent run {parent.run_id}"
-              + (f" (resumed; {sum(h in done for h in hashes)} finished already)" if earlier else ""))
+              + (" (resumed)" if earlier else "") + (f"; {len(ran)} finished already" if ran else ""))
         counts = {"finished": 0, "skipped": 0, "failed": 0}
         for i, (cell, h) in enumerate(zip(cells, hashes), 1):
             head = f"[{i}/{len(cells)}] {cell.name}"
@@ -79,13 +93,25 @@ def run(name: str, extra: list[str], edit: Callable, setup: Callable, report: Ca
                 print(f"{head}: FAILED after {time.perf_counter() - t0:.0f} s: {failed[-1][1]}")
             else:
                 counts["finished"] += 1
+                ran[h] = child
                 print(f"{head}: finished in {time.perf_counter() - t0:.0f} s (run {child})")
             gc.collect()
         parent.log_metrics({f"experiment/cells_{k}": v for k, v in counts.items()})
-        if report is not None and (counts["finished"] or counts["skipped"]):
-            report([parent.run_id], uri, into=parent.run_id)
+        tracking.log_text(parent, "experiment/runs.json", json.dumps(ran, indent=1))  # what the report reads
+        if report is not None and ran:
+            _report(report, parent, uri)
         if failed:
             raise EditharmError(f"{len(failed)} of {len(cells)} cells failed ({'; '.join(f'{n}: {e}' for n, e in failed)}); "
                                 "each is marked FAILED in MLflow; run the same command again to rerun them "
                                 "(finished cells are skipped)")
         return parent.run_id
+
+
+def _report(report: Callable, parent, uri: str) -> None:
+    """The grid's report; a drawing failure is printed and tagged, never fails the cells that finished."""
+    try:
+        report([parent.run_id], uri, into=parent.run_id)
+    except Exception as err:  # noqa: BLE001
+        print(f"editharm: warning: the report could not be drawn ({type(err).__name__}: {err}); "
+              f"retry with `editharm report {parent.run_id}`")
+        tracking.set_tags(parent, {"report.error": f"{type(err).__name__}: {err}"[:5000]})

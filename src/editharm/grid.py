@@ -60,11 +60,15 @@ def experiment_names() -> list[str]:
     return C.group_names("experiment")
 
 
+def config_dir_file(name: str) -> Path:
+    return C.config_dir() / "experiment" / f"{name}.yaml"
+
+
 def load(name: str) -> ExperimentSpec:
     """`configs/experiment/<name>.yaml`, or a YAML file path; unknown names and keys fail with what is valid."""
     path = Path(name)
     if not (path.suffix in (".yaml", ".yml") and path.is_file()):
-        path = C.config_dir() / "experiment" / f"{name}.yaml"
+        path = config_dir_file(name)
     if not path.is_file():
         raise ConfigError(f"unknown experiment {name!r}; valid: {', '.join(experiment_names())} (or a .yaml path)")
     try:

@@ -319,23 +319,50 @@ def find_runs(tags: dict[str, str], uri: str, status: str | None = "FINISHED") -
 def child_runs(parent_id: str, uri: str, status: str | None = "FINISHED") -> dict[str, str]:
     """`config_hash` tag -> run id of the runs nested under `parent_id` (the newest per hash)."""
     out: dict[str, str] = {}
-    for r in _search(uri, status):
+    for r in _search(uri, status, f"tags.`mlflow.parentRunId` = '{_hex(parent_id)}'"):
         h = r.data.tags.get("config_hash")
-        if r.data.tags.get("mlflow.parentRunId") == parent_id and h and h not in out:
+        if h and h not in out:
             out[h] = r.info.run_id
     return out
 
 
-def _search(uri: str, status: str | None) -> list:
-    """Every run of the store with `status` (None: any), newest first (tags are filtered by the callers, in
-    Python: tag values may hold any character)."""
+def finished_cells(experiment: str, uri: str) -> dict[str, str]:
+    """`config_hash` -> run id of the FINISHED cells of experiment grid `experiment`, under any parent (newest)."""
+    out: dict[str, str] = {}
+    for r in _search(uri, "FINISHED", "tags.kind = 'edit'"):
+        h = r.data.tags.get("config_hash")
+        if r.data.tags.get("experiment") == experiment and h and h not in out:
+            out[h] = r.info.run_id
+    return out
+
+
+def close_stale_children(parent_id: str, uri: str, reason: str) -> None:
+    """Mark KILLED the runs under `parent_id` still RUNNING (their process was killed hard), with `reason`."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    for r in _search(uri, "RUNNING", f"tags.`mlflow.parentRunId` = '{_hex(parent_id)}'"):
+        client.set_tag(r.info.run_id, "error", f"killed: {reason}")
+        client.set_terminated(r.info.run_id, "KILLED")
+
+
+def _hex(run_id: str) -> str:
+    if not run_id.isalnum():
+        raise EditharmError(f"not a run id: {run_id!r}")
+    return run_id
+
+
+def _search(uri: str, status: str | None, where: str = "") -> list:
+    """Every run of the store with `status` (None: any) matching `where`, newest first. Tags with arbitrary values
+    are filtered by the callers in Python."""
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     if not experiments:
         return []
-    return client.search_runs(experiments, f"attributes.status = '{status}'" if status else "",
+    filters = [f"attributes.status = '{status}'"] if status else []
+    return client.search_runs(experiments, " and ".join(filters + ([where] if where else [])),
                               order_by=["attributes.start_time DESC"], max_results=50000)
 
 

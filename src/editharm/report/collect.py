@@ -52,14 +52,25 @@ class Collected:
     panels: list[Panel]
     runs: list = field(default_factory=list)
     """The MLflow runs read, in line order."""
+    missing: list[str] = field(default_factory=list)
+    """An experiment's cells that have no FINISHED run (failed, or not run yet)."""
 
 
-def primary_key(task: str, protocol: str) -> str:
-    """`ability/<task>/<headline score>` of a task, from its config's metric."""
+HEADLINES = ("accuracy", "exact_match", "rouge_avg", "f1")
+
+
+def primary_key(task: str, protocol: str, logged: set[str]) -> str:
+    """`ability/<task>/<headline score>` of a task, from its config's metric; for a task whose config is gone
+    (renamed since the run), the first headline score the run logged."""
+    from editharm.errors import EditharmError
     from editharm.registry import METRICS, lookup
     from editharm.tasks.spec import load_spec
 
-    return f"ability/{task}/{lookup(METRICS, load_spec(task, protocol).metric, 'metric').primary}"
+    try:
+        return f"ability/{task}/{lookup(METRICS, load_spec(task, protocol).metric, 'metric').primary}"
+    except EditharmError:
+        found = [f"ability/{task}/{h}" for h in HEADLINES if f"ability/{task}/{h}" in logged]
+        return found[0] if found else f"ability/{task}/accuracy"
 
 
 def panels_of(runs: list) -> list[Panel]:
@@ -70,8 +81,8 @@ def panels_of(runs: list) -> list[Panel]:
         for t in json.loads(run.data.params.get("tasks.names", "[]")):
             if t not in tasks:
                 tasks.append(t)
-    out = [Panel(t, primary_key(t, protocol), t) for t in tasks]
     logged = {k for run in runs for k in run.data.metrics}
+    out = [Panel(t, primary_key(t, protocol, logged), t) for t in tasks]
     for kind in EDIT_KINDS:
         pick = _edit_key(logged, kind)
         if pick:
@@ -110,8 +121,13 @@ def collect(uri: str, run_ids: list[str]) -> Collected:
 
     client = MlflowClient(uri)
     first = client.get_run(run_ids[0])
+    missing: list[str] = []
     if first.data.tags.get("kind") == "experiment":
-        runs = _children(client, uri, first)
+        if len(run_ids) > 1:
+            from editharm.errors import EditharmError
+
+            raise EditharmError(f"run {run_ids[0]} is an experiment's parent: report on it alone, or on edit runs")
+        runs, missing = _children(client, uri, first)
         x, x_key = first.data.tags.get("report.x", "step"), first.data.tags.get("report.x_key") or None
         paper = first.data.tags.get("report.paper") or None
         title = f"experiment {first.data.tags.get('experiment', first.info.run_name)}"
@@ -125,21 +141,25 @@ def collect(uri: str, run_ids: list[str]) -> Collected:
     panels = panels_of(runs)
     histories = {r.info.run_id: _histories(client, r, panels) for r in runs}
     lines = _by_step(runs, histories) if x == "step" else _by_axis(runs, histories, x, x_key)
-    return Collected(title, x, paper, lines, panels, runs)
+    return Collected(title, x, paper, lines, panels, runs, missing)
 
 
-def _children(client, uri: str, parent) -> list:
-    """The newest FINISHED child per cell, in the grid's cell order."""
+def _children(client, uri: str, parent) -> tuple[list, list[str]]:
+    """The parent's cells in grid order: the run each one's config hash maps to (`experiment/runs.json`: this
+    parent's children, or an earlier parent's run of the same config), else its newest FINISHED child; and the
+    names of the cells with none."""
     from editharm import tracking
 
-    by_hash = tracking.child_runs(parent.info.run_id, uri)
-    runs = [client.get_run(r) for r in by_hash.values()]
-    try:
-        order = [c["config_hash"] for c in json.loads(_read_text(uri, parent.info.run_id, "experiment/cells.json"))]
-    except (OSError, ValueError, KeyError, MlflowException):
-        order = []
-    rank = {h: i for i, h in enumerate(order)}
-    return sorted(runs, key=lambda r: (rank.get(r.data.tags.get("config_hash"), len(rank)), r.info.start_time))
+    def read(path: str):
+        try:
+            return json.loads(_read_text(uri, parent.info.run_id, path))
+        except (OSError, ValueError, MlflowException):
+            return None
+
+    by_hash = {**tracking.child_runs(parent.info.run_id, uri), **(read("experiment/runs.json") or {})}
+    cells = read("experiment/cells.json") or [{"name": h, "config_hash": h} for h in by_hash]
+    runs = [client.get_run(by_hash[c["config_hash"]]) for c in cells if c["config_hash"] in by_hash]
+    return runs, [c["name"] for c in cells if c["config_hash"] not in by_hash]
 
 
 def _read_text(uri: str, run_id: str, path: str) -> str:
@@ -172,8 +192,10 @@ def _label(run) -> str:
 
 
 def _by_step(runs: list, histories: dict) -> list[Line]:
-    return [Line(_label(r), [Point(float(s), r.info.run_id, s, v) for s, v in sorted(histories[r.info.run_id].items())])
-            for r in runs]
+    labels = [_label(r) for r in runs]
+    labels = [f"{lab} ({r.info.run_id[:8]})" if labels.count(lab) > 1 else lab for lab, r in zip(labels, runs)]
+    return [Line(lab, [Point(float(s), r.info.run_id, s, v) for s, v in sorted(histories[r.info.run_id].items())])
+            for lab, r in zip(labels, runs)]
 
 
 def _by_axis(runs: list, histories: dict, axis: str, x_key: str) -> list[Line]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import html
 
-from editharm.report.collect import Collected, Line
+from editharm.report.collect import Collected
 
 
 def verdict(low: float | None, high: float | None) -> str:
@@ -28,36 +28,40 @@ def _num(v: float | None) -> str:
     return f"{v:.3g}" if abs(v) >= 1000 or (v and abs(v) < 0.001) else f"{v:.3f}"
 
 
-def _last(line: Line, key: str):
-    pts = [p for p in line.points if key in p.values]
-    return pts[-1] if pts and pts[-1].step > 0 else None
+MARK = {"harm detected": " ▼", "gain detected": " ▲"}
 
 
-def _delta(line: Line, key: str) -> tuple[str, str]:
-    """The paired difference at the line's last point, as `Δ [low, high]`, and its verdict."""
-    p = _last(line, f"{key}_delta")
-    if p is None:
-        return "–", "n/a"
-    d, lo, hi = (p.values.get(f"{key}_delta{s}") for s in ("", "_ci_low", "_ci_high"))
-    return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" if lo is not None else f"{d:+.3f}", verdict(lo, hi)
+def _delta(point, key: str) -> tuple[str, str]:
+    """The paired difference at `point` as `Δ [low, high]` (▼ harm, ▲ gain), and its verdict; `–` where not
+    logged (step 0, or runs from before paired statistics)."""
+    d, lo, hi = (point.values.get(f"{key}_delta{s}") for s in ("", "_ci_low", "_ci_high"))
+    if d is None or point.step == 0:
+        return "", "n/a"
+    said = verdict(lo, hi)
+    return (f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]{MARK.get(said, '')}" if lo is not None else f"{d:+.3f}"), said
 
 
 def ability_table(got: Collected, likelihood: bool = False) -> tuple[list[str], list[list[str]]]:
-    """Per task and line: the score at each x, the paired difference at the last point, the verdict. With
-    `likelihood`, the same for the gold answer's log-probability."""
+    """Per task and line: the score at each x with its paired difference from the unedited model (one per point:
+    for Batch-Single every batch size is its own cell), and the verdict at the last point. With `likelihood`, the
+    same for the gold answer's log-probability."""
     xs = sorted({p.x for ln in got.lines for p in ln.points})
-    head = ["task", "line", *[_num(x).rstrip("0").rstrip(".") or "0" for x in xs], "paired Δ at last (95 %)", "verdict"]
+    head = ["task", "line", *[_num(x).rstrip("0").rstrip(".") or "0" for x in xs], "verdict at the last point"]
     rows = []
     for panel in got.panels:
         if panel.task is None:
             continue
         key = f"ability/{panel.task}/gold_logprob" if likelihood else panel.key
         for line in got.lines:
-            at = {p.x: p.values.get(key) for p in line.points}
-            if not any(v is not None for v in at.values()):
+            at = {p.x: p for p in line.points if key in p.values}
+            if not at:
                 continue
-            d, v = _delta(line, key)
-            rows.append([panel.task, line.label, *[_num(at.get(x)) for x in xs], d, v])
+            cells = []
+            for x in xs:
+                p = at.get(x)
+                d = _delta(p, key)[0] if p else ""
+                cells.append("–" if p is None else _num(p.values[key]) + (f" (Δ {d})" if d else ""))
+            rows.append([panel.task, line.label, *cells, _delta(at[max(at)], key)[1]])
     return head, rows
 
 
@@ -111,8 +115,10 @@ def page(got: Collected, figures: list[tuple[str, bytes, str]], source: str | No
 
 def _intro(got: Collected) -> str:
     runs = ", ".join(f"{r.info.run_name} ({r.info.run_id[:8]})" for r in got.runs)
-    return (f"{len(got.lines)} lines from {len(got.runs)} runs: {runs}. Paired differences compare each point with "
-            "the unedited model on the same examples (paired bootstrap, 95 %).")
+    missing = f" Cells without a FINISHED run, not drawn: {', '.join(got.missing)}." if got.missing else ""
+    return (f"{len(got.lines)} lines from {len(got.runs)} runs: {runs}.{missing} Δ: the paired difference from the "
+            "unedited model on the same examples, with its 95 % paired-bootstrap interval (▼ harm detected: the "
+            "interval lies below 0; ▲ gain detected).")
 
 
 def _tables(got: Collected) -> list[tuple[str, tuple[list[str], list[list[str]]]]]:

@@ -39,13 +39,19 @@ def _series(line: Line, key: str) -> tuple[list[float], list[float], list[float]
     return xs, ys, None, None
 
 
+def style(i: int) -> dict:
+    """Line `i`'s look: ten colours, then the same ten dashed, then dotted (a 16-cell grid stays readable)."""
+    return {"color": f"C{i % 10}", "ls": ("-", "--", ":")[(i // 10) % 3], "marker": "os^"[(i // 10) % 3]}
+
+
 def _draw(ax, got: Collected, key: str, title: str) -> None:
     for i, line in enumerate(got.lines):
         xs, ys, lo, hi = _series(line, key)
         if not xs:
             continue
-        colour = f"C{i % 10}"
-        ax.plot(xs, ys, marker="o", ms=4, lw=2, color=colour, label=line.label)
+        look = style(i)
+        colour = look["color"]
+        ax.plot(xs, ys, ms=4, lw=2, label=line.label, **look)
         if lo is not None:
             ax.fill_between(xs, lo, hi, color=colour, alpha=0.15, linewidth=0)
     ax.set_title(title, fontsize=10)
@@ -89,7 +95,7 @@ def paper(got: Collected, figure: list[dict]) -> Figure | None:
         for i, line in enumerate(got.lines):
             xs, ys = retention(*_series(line, panel.key)[:2])
             if xs:
-                ax.plot(xs, ys, marker="o", ms=4, lw=2, color=f"C{i % 10}", label=line.label)
+                ax.plot(xs, ys, ms=4, lw=2, label=line.label, **style(i))
         for j, s in enumerate(x for x in figure if panel.task in x["scores"]):
             xs, ys = retention(s["x"], s["scores"][panel.task])
             ax.plot(xs, ys, ls="--", marker=".", color=greys[j % len(greys)], label=f"paper: {s['method']}, {s['model']}")
@@ -103,8 +109,8 @@ def paper(got: Collected, figure: list[dict]) -> Figure | None:
 
 
 def retention(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
-    """`ys` over its value at the first x (the unedited model); empty when that value is 0 or missing."""
-    if not xs or not ys[0]:
+    """`ys` over its value at x = 0 (the unedited model); empty when that point is missing or 0."""
+    if not xs or xs[0] != 0 or not ys[0]:
         return [], []
     return list(xs), [y / ys[0] for y in ys]
 
