@@ -11,6 +11,7 @@ import math
 
 from matplotlib.figure import Figure
 
+from editharm.grid import SEP
 from editharm.report.collect import Collected, Line
 
 COLUMNS = 4
@@ -89,16 +90,20 @@ def paper(got: Collected, figure: list[dict]) -> Figure | None:
     tasks = [p for p in got.panels if p.task and any(p.task in s["scores"] for s in figure)]
     if not tasks:
         return None
-    fig, axes = _grid(len(tasks), f"{got.title}: retention (score / score unedited), ours solid, the paper's dashed")
+    fig, axes = _grid(len(tasks), f"{got.title}: retention (score / score unedited); ours solid, "
+                                  "the paper's dashed (GPT-2 XL) and dash-dotted (LLaMA)")
     greys = ["0.25", "0.5", "0.7", "0.4", "0.6"]
     for ax, panel in zip(axes, tasks):
         for i, line in enumerate(got.lines):
             xs, ys = retention(*_series(line, panel.key)[:2])
             if xs:
                 ax.plot(xs, ys, ms=4, lw=2, label=line.label, **style(i))
+        ours = {line.label.split(SEP)[0].lower(): style(i)["color"] for i, line in enumerate(got.lines)}
         for j, s in enumerate(x for x in figure if panel.task in x["scores"]):
             xs, ys = retention(s["x"], s["scores"][panel.task])
-            ax.plot(xs, ys, ls="--", marker=".", color=greys[j % len(greys)], label=f"paper: {s['method']}, {s['model']}")
+            colour = ours.get(s["method"].split()[0].lower(), greys[j % len(greys)])  # the same method's colour
+            ls = "--" if s["model"].startswith("GPT") else "-."
+            ax.plot(xs, ys, ls=ls, marker=".", color=colour, alpha=0.7, label=f"paper: {s['method']}, {s['model']}")
         ax.set_title(panel.task, fontsize=10)
         ax.set_xlabel(_xlabel(got), fontsize=8)
         if got.x != "step":
