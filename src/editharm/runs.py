@@ -59,6 +59,18 @@ def _trainer(cfg, logger, every: int = 1):
                      inference_mode=False, use_distributed_sampler=False, log_every_n_steps=1)
 
 
+def _fit(cfg, model, tok, logger, tasks, requests) -> None:
+    """Every text the run will feed the model against its context length, before compute (`limits`)."""
+    from editharm import limits, tracking
+
+    limit = limits.context_length(model)
+    limits.check_requests(requests, tok, limit, limits.request_margin(cfg.method))
+    limits.check_probe(cfg.probe, limit)
+    for name, n in limits.fit_tasks(tasks, tok, limit).items():
+        print(f"editharm: task {name}: {n} prompts longer than the model's {limit} positions keep their last tokens")
+        tracking.set_tags(logger, {f"task.{name}.truncated": n})
+
+
 def _model(cfg):
     """The model and tokenizer, from `checkpoint` (a directory or `runs:/<id>`) when one is given."""
     import dataclasses
@@ -100,6 +112,7 @@ def edit(argv: list[str], parent=None, run_name: str | None = None, tags: dict[s
         _log_run(logger, cfg, tree, tasks, kind="edit", method=cfg.method.name, mode=e.mode, eval_every=every,
                  edits_dataset=e.dataset, guard=g.name, **(tags or {}))
         model, tok = _model(cfg)
+        _fit(cfg, model, tok, logger, tasks, requests)
         method = registry.method(cfg.method.name)
         method.prepare(cfg, model, tok, logger)  # e.g. MEND's hypernetwork: resolved (or trained) before compute
         dataset = Path(e.dataset).stem if e.dataset.endswith(".jsonl") else e.dataset
@@ -142,6 +155,7 @@ def evaluate(argv: list[str]) -> str:
     with tracking.start(cfg, f"evaluate-{cfg.model.name}") as logger:
         _log_run(logger, cfg, tree, tasks, kind="evaluate", checkpoint=cfg.checkpoint or "none")
         model, tok = _model(cfg)
+        _fit(cfg, model, tok, logger, tasks, requests=[])
         evaluators = _ability_evaluators(cfg, tok, tasks, probe)
         module = EditModule(cfg, model, tok, evaluators, n_requests=0)
         _trainer(cfg, logger).validate(module, datamodule=data.EditDataModule([], 1, evaluators), verbose=False)

@@ -89,6 +89,9 @@ class TaskSpec:
     metric: str = MISSING
     chance: float = 0.0
     """Score of uniform random guessing (0 for open generation)."""
+    truncate: Optional[str] = None
+    """`left`: a prompt too long for the model's context keeps its last tokens (counted and logged as
+    `task.<name>.truncated`); None: such a prompt is an error before compute."""
     fixes: list[str] = field(default_factory=list)
     """Bugs of the paper's script that this config fixes (gu2024 protocol)."""
 
@@ -113,6 +116,8 @@ def load_spec(name: str, protocol: str) -> TaskSpec:
         spec = OmegaConf.to_object(spec)
     except OmegaConfBaseException as err:
         raise ConfigError(f"{path}: {str(err).splitlines()[0]}") from None
+    if spec.truncate not in (None, "left"):
+        raise ConfigError(f"{path}: truncate={spec.truncate!r}; valid: left, or leave it out")
     if spec.kind not in KINDS:
         raise ConfigError(f"{path}: kind={spec.kind!r} is not one of {', '.join(KINDS)}")
     if spec.protocol != protocol or spec.name != name:
