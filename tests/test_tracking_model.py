@@ -148,3 +148,14 @@ def test_log_model_is_a_checked_bool():
     assert config.load(["tracking.log_model=false"]).tracking.log_model is False
     with pytest.raises(ConfigError, match="tracking.log_model"):
         config.load(["tracking.log_model=maybe"])
+
+
+@pytest.mark.parametrize("run_name, name", [("ft-tiny-llama-batch-n2-magnitude0.4", "ft-tiny-llama-batch-n2-magnitude0-4"),
+                                            ("rome·seq·n20", "rome-seq-n20"), (None, "edited-model")])
+def test_a_logged_model_name_is_one_mlflow_accepts(run_name, name):
+    from mlflow.utils.validation import _validate_logged_model_name
+
+    from editharm.tracking import _model_name
+
+    assert _model_name(run_name) == name
+    _validate_logged_model_name(name)

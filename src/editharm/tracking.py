@@ -231,8 +231,9 @@ def _global_tracking_uri(uri: str) -> Iterator[None]:
 
 
 def _model_name(run_name: str | None) -> str:
-    """A logged model's name from the run name (letters, digits, `-_.`)."""
-    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in run_name or "")
+    """A logged model's name from the run name: letters, digits, `-_` (MLflow refuses `/:.%"'` in it; `·` is
+    a letter to `isalnum`, so ASCII is required too)."""
+    name = "".join(c if (c.isascii() and c.isalnum()) or c in "-_" else "-" for c in run_name or "")
     return name or "edited-model"
 
 
