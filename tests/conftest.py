@@ -156,6 +156,14 @@ def data_dir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def _no_own_report(request, monkeypatch):
+    """An edit run's own `report/` (matplotlib, about 1.5 s a run) is drawn only in tests marked `own_report`: the
+    suite's 200 edit runs check other things."""
+    if request.node.get_closest_marker("own_report") is None:
+        monkeypatch.setattr("editharm.runs._own_report", lambda logger: None)
+
+
 @pytest.fixture
 def tracking(tmp_path, monkeypatch) -> str:
     """A private sqlite MLflow store (its artifacts in the test's own ./mlruns: the working directory is the test's

@@ -147,6 +147,7 @@ def test_retention_divides_by_the_unedited_score():
     assert figures.retention([0, 5], [0.0, 0.1]) == ([], [])  # nothing to divide by
 
 
+@pytest.mark.own_report
 def test_an_edit_run_draws_its_own_report_and_report_joins_runs(env, capsys):
     from editharm.__main__ import main
     from tests.conftest import TINY

@@ -6,7 +6,8 @@ from editharm.__main__ import main
 from editharm.runs import edit
 from tests.conftest import client
 
-BASE = ["tasks.names=[]", "probe.n_tokens=512", "probe.chunk_tokens=128", "tracking.log_checkpoint=false"]
+BASE = ["tasks.names=[]", "probe.n_tokens=512", "probe.chunk_tokens=128", "tracking.log_checkpoint=false",
+        "tracking.log_model=false"]
 VALUE = ["model=tiny-llama", "method.v_num_grad_steps=5", "method.context_template_length_params=[[3,5]]",
          "method.mom2_n_tokens=512", "method.mom2_seq_len=32"]
 MEND = ["method.train.max_iters=4", "method.train.val_every=4"]  # `auto`: a nested training run first
