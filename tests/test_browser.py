@@ -1,4 +1,5 @@
-"""What a user sees: headless Chromium against a real `mlflow ui` on a loopback port, over the smoke grid.
+"""What a user sees: headless Chromium against a real `mlflow ui` on a loopback port, over the smoke grid run as
+`mlflow run . -e experiment -P name=smoke` (the MLproject entry point: one parent, the cells nested under it).
 
 The Model-training URL the README gives lists the experiment's parent run; the parent's report figure shows
 in the Artifacts tab (a screenshot with the figure's line colours in it); a cell's run page shows its logged
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from editharm import runs, tracking
+from editharm import tracking
 from tests.conftest import client
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -40,9 +41,9 @@ def ui(env, tracking, tmp_path):
         if os.environ.get("EDITHARM_REQUIRE_BROWSER") == "1":
             pytest.fail("EDITHARM_REQUIRE_BROWSER=1 but no chromium on PATH (apt-get install chromium)")
         pytest.skip("no chromium on PATH")
-    parent = runs.experiment("smoke", [])
-    port = _free_port()
     mlflow_bin = Path(sys.executable).with_name("mlflow")
+    parent = _smoke_grid_through_mlflow_run(mlflow_bin, tmp_path)
+    port = _free_port()
     server = subprocess.Popen([str(mlflow_bin), "ui", "--backend-store-uri", tracking, "--host", "127.0.0.1",
                                "--port", str(port)], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
@@ -62,6 +63,24 @@ def ui(env, tracking, tmp_path):
         server.wait(timeout=30)
 
 
+def _smoke_grid_through_mlflow_run(mlflow_bin: Path, cwd: Path) -> str:
+    """`mlflow run . -e experiment -P name=smoke`: the project's run is the grid's parent, every cell nested under
+    it, all FINISHED, the report in the parent; returns the parent's id."""
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([str(mlflow_bin), "run", str(repo), "-e", "experiment", "-P", "name=smoke", "--env-manager",
+                           "local"], cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PATH": f"{mlflow_bin.parent}:{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    c = client()
+    found = c.search_runs([e.experiment_id for e in c.search_experiments()])
+    (parent,) = [r for r in found if r.data.tags.get("kind") == "experiment"]
+    cells = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(found) == 3 and sorted(r.info.run_name for r in cells) == ["ft·smoke", "rome·smoke"]
+    assert parent.data.tags["mlflow.source.type"] == "PROJECT" and parent.info.status == "FINISHED"
+    assert all(r.info.status == "FINISHED" for r in cells)
+    return parent.info.run_id
+
+
 def _coloured(png: Path, rgb: tuple[int, int, int], tol: int = 40) -> int:
     """Pixels of the screenshot within `tol` of `rgb` (matplotlib's C0/C1 line colours)."""
     from matplotlib.image import imread
@@ -70,6 +89,7 @@ def _coloured(png: Path, rgb: tuple[int, int, int], tol: int = 40) -> int:
     return int((abs(img - rgb).max(-1) <= tol).sum())
 
 
+@pytest.mark.slow
 def test_the_ui_shows_the_grid_its_report_figure_and_the_logged_model(ui, tmp_path):
     base, parent_id = ui
     c = client()
@@ -78,7 +98,7 @@ def test_the_ui_shows_the_grid_its_report_figure_and_the_logged_model(ui, tmp_pa
     page, listing = tracking.ui_urls(base, experiment, parent_id)
     assert listing == f"{base}/#/experiments/{experiment}/runs?workflowType=machine_learning"  # the README's URL
     listed = _browse(listing, "--dump-dom")
-    assert "experiment-smoke" in listed and "Evaluation runs" not in listed  # the model-training view, not GenAI
+    assert parent.info.run_name in listed and "Evaluation runs" not in listed  # the model-training view, not GenAI
 
     figure = f"{base}/#/experiments/{experiment}/runs/{parent_id}/artifacts/report/abilities.png"
     assert 'alt="report/abilities.png"' in _browse(figure, "--dump-dom")

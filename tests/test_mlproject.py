@@ -63,13 +63,3 @@ def test_mend_on_a_fresh_store_trains_first_then_edits(env, tracking, tmp_path):
     assert edit.info.status == trained.info.status == "FINISHED"
     assert edit.data.tags["mend.hypernetwork"] == f"runs:/{trained.info.run_id}/mend"
 
-
-@pytest.mark.slow
-def test_experiment_entry_point_nests_the_cells_under_the_project_run(env, tracking, tmp_path):
-    client, runs = _mlflow_run(tmp_path, "-e", "experiment", "-P", "name=smoke")
-    (parent,) = [r for r in runs if r.data.tags.get("kind") == "experiment"]
-    cells = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(runs) == 3 and sorted(r.info.run_name for r in cells) == ["ft·smoke", "rome·smoke"]
-    assert parent.data.tags["mlflow.source.type"] == "PROJECT" and parent.info.status == "FINISHED"
-    assert all(r.info.status == "FINISHED" for r in cells)
-    assert "report/report.html" in {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
