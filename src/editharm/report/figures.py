@@ -12,7 +12,7 @@ import math
 from matplotlib.figure import Figure
 
 from editharm.grid import SEP
-from editharm.report.collect import Collected, Line
+from editharm.report.collect import PERPLEXITY, Collected, Line
 
 COLUMNS = 4
 
@@ -66,6 +66,8 @@ def abilities(got: Collected) -> Figure:
     for ax, panel in zip(axes, got.panels):
         _draw(ax, got, panel.key, panel.title + ("" if panel.task is None else f" ({panel.key.rsplit('/', 1)[1]})"))
         ax.set_xlabel(_xlabel(got), fontsize=8)
+        if panel.key == PERPLEXITY:  # a collapse reaches 1e30 and more: a linear axis would flatten every other line
+            ax.set_yscale("log")
     _legend(fig, axes)
     return fig
 
@@ -80,6 +82,7 @@ def likelihood(got: Collected) -> Figure | None:
     for ax, panel in zip(axes, tasks):
         _draw(ax, got, key.format(panel.task), f"{panel.task}: Δ log p(gold)")
         ax.axhline(0, color="k", lw=0.8)
+        ax.set_yscale("symlog", linthresh=0.1)  # a collapse moves log p by hundreds, a mild harm by tenths
         ax.set_xlabel(_xlabel(got), fontsize=8)
     _legend(fig, axes)
     return fig
@@ -90,8 +93,8 @@ def paper(got: Collected, figure: list[dict]) -> Figure | None:
     tasks = [p for p in got.panels if p.task and any(p.task in s["scores"] for s in figure)]
     if not tasks:
         return None
-    fig, axes = _grid(len(tasks), f"{got.title}: retention (score / score unedited); ours solid, "
-                                  "the paper's dashed (GPT-2 XL) and dash-dotted (LLaMA)")
+    fig, axes = _grid(len(tasks), f"{got.title}: retention (score / score unedited)\nours solid; the paper's "
+                                  "dashed (GPT-2 XL), dash-dotted (LLaMA)")
     greys = ["0.25", "0.5", "0.7", "0.4", "0.6"]
     for ax, panel in zip(axes, tasks):
         for i, line in enumerate(got.lines):
