@@ -45,7 +45,7 @@ def run(name: str, extra: list[str], edit: Callable, setup: Callable, report: Ca
     """Run the grid `name` with `extra` overrides on every cell; returns the parent run id.
 
     `setup(argv) -> tree` validates a cell (config, edit data, tasks); `edit(argv, parent=, run_name=, tags=)`
-    runs it; `report(parent_id, uri)` draws the report into the parent afterwards."""
+    runs it; `report(parent)` draws the report into the parent afterwards (a failure must not raise)."""
     spec = grid.load(name)
     cells = grid.cells(spec, extra)
     checked = check(spec, cells, setup)
@@ -99,19 +99,10 @@ def run(name: str, extra: list[str], edit: Callable, setup: Callable, report: Ca
         parent.log_metrics({f"experiment/cells_{k}": v for k, v in counts.items()})
         tracking.log_text(parent, "experiment/runs.json", json.dumps(ran, indent=1))  # what the report reads
         if report is not None and ran:
-            _report(report, parent, uri)
+            report(parent)
         if failed:
             raise EditharmError(f"{len(failed)} of {len(cells)} cells failed ({'; '.join(f'{n}: {e}' for n, e in failed)}); "
                                 "each is marked FAILED in MLflow; run the same command again to rerun them "
                                 "(finished cells are skipped)")
         return parent.run_id
 
-
-def _report(report: Callable, parent, uri: str) -> None:
-    """The grid's report; a drawing failure is printed and tagged, never fails the cells that finished."""
-    try:
-        report([parent.run_id], uri, into=parent.run_id)
-    except Exception as err:  # noqa: BLE001
-        print(f"editharm: warning: the report could not be drawn ({type(err).__name__}: {err}); "
-              f"retry with `editharm report {parent.run_id}`")
-        tracking.set_tags(parent, {"report.error": f"{type(err).__name__}: {err}"[:5000]})

@@ -135,12 +135,21 @@ def edit(argv: list[str], parent=None, run_name: str | None = None, tags: dict[s
 
 
 def _own_report(logger) -> None:
-    """The run's `report/`; a drawing failure is reported and tagged, never fails the finished edits."""
+    """An edit run's own `report/` (tests skip it: tests/conftest.py)."""
+    _report_into(logger)
+
+
+def _report_into(logger) -> None:
+    """The `report/` of the run `logger` holds (an edit run, or a grid's parent); a drawing failure is printed and
+    tagged, never fails the work that finished."""
+    from editharm import tracking
+
     try:
         report([logger.run_id], logger._tracking_uri, into=logger.run_id)
     except Exception as err:  # noqa: BLE001
-        print(f"editharm: warning: the run's report could not be drawn ({type(err).__name__}: {err})")
-        logger.experiment.set_tag(logger.run_id, "report.error", f"{type(err).__name__}: {err}"[:5000])
+        print(f"editharm: warning: the report could not be drawn ({type(err).__name__}: {err}); "
+              f"retry with `editharm report {logger.run_id}`")
+        tracking.set_tags(logger, {"report.error": f"{type(err).__name__}: {err}"[:5000]})
 
 
 def evaluate(argv: list[str]) -> str:
@@ -211,7 +220,8 @@ def experiment(name: str, argv: list[str]) -> str:
     parent run with a child run per cell, then log its report to the parent; returns the parent's id."""
     from editharm import experiments
 
-    return experiments.run(name, argv, edit=edit, setup=lambda cell: _setup(cell, edits=True)[0], report=report)
+    return experiments.run(name, argv, edit=edit, setup=lambda cell: _setup(cell, edits=True)[0],
+                           report=_report_into)
 
 
 def report(run_ids: list[str], uri: str | None = None, into: str | None = None) -> str:
