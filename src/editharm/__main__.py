@@ -2,7 +2,8 @@
 `editharm experiment NAME key=value ...`, `editharm report RUN_ID ...`, `editharm checkpoint RUN_ID`. What each command does lives in `editharm.runs`.
 
 Bad input of any kind ends in one `editharm: error: ...` line and exit status 2, with no traceback;
-a run already opened (or handed to us by `mlflow run`) is marked FAILED.
+a run already opened (or handed to us by `mlflow run`) is marked FAILED. SIGTERM or SIGINT stops a run
+within seconds: it is marked KILLED with the reason, and the exit status is 128 + the signal (143, 130).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import warnings
 
 from editharm.errors import EditharmError
+from editharm.stopping import Stopped
 
 RUN_COMMANDS = ("edit", "evaluate", "stats", "train-mend", "experiment")
 
@@ -51,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"editharm: report logged to run {runs.report(args.run_ids, args.tracking_uri)} (artifacts: report/)")
         else:
             print(runs.checkpoint(args.run_id, args.out, args.tracking_uri))
+    except Stopped as err:  # SIGTERM/SIGINT: the run is marked KILLED (tracking.start)
+        print(f"editharm: {getattr(err, 'message', None) or err}", file=sys.stderr, flush=True)
+        return err.exit_code
     except EditharmError as err:
         print(f"editharm: error: {err}", file=sys.stderr)
         if args.command in RUN_COMMANDS:

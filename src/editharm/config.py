@@ -135,6 +135,9 @@ class TrackingConfig:
     """Log the edited model as an MLflow Model (transformers flavour, `models:/<model_id>`, run tag `model_uri`):
     `mlflow.transformers.load_model(uri)` loads it, `mlflow.register_model(uri, name)` registers it."""
     log_predictions: bool = True
+    log_state: bool = True
+    """Write the resumable state (`resume/state.pt`: edits applied, cumulative ΔW, baselines, RNG) at every
+    evaluation, so `editharm edit resume=<run_id>` can continue the run after a stop or a crash."""
     log_report: bool = True
     """Draw the run's own report (`report/`: ability against edits, tables with paired differences) at its end;
     a run inside an experiment leaves that to the experiment's report."""
@@ -220,6 +223,18 @@ def compose(argv: list[str] | tuple[str, ...] = ()) -> DictConfig:
     schema.method = OmegaConf.structured(_method_config(raw["method"].get("name")))
     schema.guard = OmegaConf.structured(_guard_config(raw["guard"].get("name")))
     cfg = _merge(schema, OmegaConf.create(raw), _dotlist(dotted))
+    validate(cfg)
+    return cfg
+
+
+def recompose(stored: str, dotted: list[str] = ()) -> DictConfig:
+    """A tree a run logged (`config/resolved.yaml`), type-checked against the schema again, with `dotted`
+    overrides on top: how a resumed run gets the config it began with."""
+    raw = OmegaConf.to_container(OmegaConf.create(stored))
+    schema = OmegaConf.structured(RunConfig)
+    schema.method = OmegaConf.structured(_method_config(raw["method"].get("name")))
+    schema.guard = OmegaConf.structured(_guard_config(raw["guard"].get("name")))
+    cfg = _merge(schema, OmegaConf.create(raw), _dotlist(list(dotted)))
     validate(cfg)
     return cfg
 

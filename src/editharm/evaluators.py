@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from torchmetrics import MeanMetric, SumMetric
+from torchmetrics import MeanMetric, Metric, SumMetric
 
 from editharm import scoring
 from editharm.data import EditRequest
@@ -36,6 +36,26 @@ class Evaluator(nn.Module):
     def constants(self) -> dict[str, float]:
         """Figures fixed for the whole run (a task's chance level, its number of examples)."""
         return {}
+
+    def resume_state(self) -> dict:
+        """What this evaluator carries from one evaluation to the next (a baseline, running means), as plain
+        tensors, lists and numbers: part of the run's resumable state (`editharm.resume`)."""
+        return {}
+
+    def load_resume_state(self, state: dict) -> None:
+        """Put back what `resume_state` returned."""
+
+
+def metric_state(metric: Metric) -> dict:
+    """A torchmetrics metric's accumulated states and update count (what `reset` clears)."""
+    return {"states": {name: getattr(metric, name) for name in metric._defaults}, "updates": metric._update_count}
+
+
+def load_metric_state(metric: Metric, state: dict) -> None:
+    for name, value in state["states"].items():
+        setattr(metric, name, value)
+    metric._update_count = state["updates"]
+    metric._computed = None
 
 
 class EditEvaluator(Evaluator):
@@ -121,6 +141,17 @@ class EditEvaluator(Evaluator):
         for m in self.metrics.values():
             m.reset()
         self.rows = []
+
+    def resume_state(self) -> dict:
+        """The locality baseline (first-sight predictions) and, in single mode, the running means and rows."""
+        return {"pre_locality": dict(self.pre_locality), "rows": list(self.rows),
+                "metrics": {k: metric_state(m) for k, m in self.metrics.items()}}
+
+    def load_resume_state(self, state: dict) -> None:
+        self.pre_locality = {int(i): tuple(p) for i, p in state["pre_locality"].items()}
+        self.rows = list(state["rows"])
+        for k, m in self.metrics.items():
+            load_metric_state(m, state["metrics"][k])
 
 
 class PerplexityEvaluator(Evaluator):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from editharm import deltas as D
-from editharm import guards, models, registry, stats, tracking
+from editharm import guards, models, registry, resume, stats, tracking
 from editharm.config import RunConfig
 from editharm.data import EditRequest, data_dir
 from editharm.errors import EditharmError
@@ -54,6 +54,10 @@ class EditModule(L.LightningModule):
         self._measured: dict[str, list[float]] = {}
         self._guard = registry.guard(cfg.guard.name) if cfg.guard is not None else None
         self._projectors: dict[str, torch.Tensor] = {}
+        self._unlogged: list[tuple[int, dict[str, float]]] = []
+        """Training-step metrics since the last evaluation: logged with its state (`editharm.resume`), so a run
+        resumed from that state never logs a step twice."""
+        self._resumed: dict | None = None
 
     @classmethod
     def prepare(cls, cfg: RunConfig, model: nn.Module, tokenizer, logger) -> None:
@@ -85,6 +89,14 @@ class EditModule(L.LightningModule):
         """Modules whose weights the method changes (guards that need their statistics read them up front)."""
         return []
 
+    def method_state(self) -> dict:
+        """What the method carries across edits that its config does not fix (ROME's sampled context templates,
+        AlphaEdit's protected keys): plain tensors, lists and numbers, saved in the resumable state."""
+        return {}
+
+    def load_method_state(self, state: dict) -> None:
+        """Put back what `method_state` returned; called after `on_fit_start`, which computes it afresh."""
+
     def guard_statistics_modules(self) -> list[str]:
         """Modules whose statistics the configured guard needs (`editharm stats` precomputes these too)."""
         return self.edited_modules() if self.cfg.guard is not None and self.cfg.guard.name == "nullspace" else []
@@ -98,6 +110,35 @@ class EditModule(L.LightningModule):
         for module in self.guard_statistics_modules():
             C = self.second_moments([module], g.mom2_n_tokens, g.mom2_seq_len)[module]
             self._projectors[f"{module}.weight"] = guards.nullspace_projector(C, g.threshold)
+        if self._resumed is not None:  # after everything computed from the unedited model
+            self.apply_resumed()
+
+    def resume_state(self, metrics: list[tuple[int, dict[str, float]]]) -> dict:
+        """Everything a run resumed from here needs beside its config (see `editharm.resume`)."""
+        return {"n_edits": self.n_edits, "n_skipped": self.n_skipped, "history": self.history,
+                "constants": self.constants, "cumulative": {n: d.detach().cpu() for n, d in self.cumulative.items()},
+                "weights": {n: get_parameter(self.model, n).detach().cpu().clone() for n in self.cumulative},
+                "method": self.method_state(), "evaluators": [ev.resume_state() for ev in self.evaluators],
+                "rng": resume.rng_state(), "metrics": metrics}
+
+    def load_resume_state(self, state: dict) -> None:
+        """Continue from `state`: counters and evaluators now; ΔW, the method's state and the RNG at the start of
+        training (`apply_resumed`), once what the method computes from the unedited model is computed."""
+        self.n_edits, self.n_skipped = state["n_edits"], state["n_skipped"]
+        self.history, self.constants = list(state["history"]), dict(state["constants"])
+        for ev, st in zip(self.evaluators, state["evaluators"], strict=True):
+            ev.load_resume_state(st)
+        self._resumed = state
+
+    def apply_resumed(self) -> None:
+        state, self._resumed = self._resumed, None
+        device = next(self.model.parameters()).device
+        self.cumulative = {n: d.to(device) for n, d in state["cumulative"].items()}
+        with torch.no_grad():  # the edited weights as they were, bit for bit (W + ΣΔ would round differently)
+            for n, w in state["weights"].items():
+                get_parameter(self.model, n).copy_(w)
+        self.load_method_state(state["method"])
+        resume.set_rng_state(state["rng"])
 
     def second_moments(self, modules: list[str], n_tokens: int, seq_len: int) -> dict[str, torch.Tensor]:
         """E[k kᵀ] of each module's input over the statistics corpus: from the disk cache, or computed with
@@ -232,11 +273,20 @@ class EditModule(L.LightningModule):
                 ev.reset()
         metrics["time/eval_s"] = time.perf_counter() - self._eval_t0
         self.history.append((step, metrics))
-        self._log(metrics)
         if self._pending:
             D.revert_(self.model, self._pending)
             self._pending = {}
+        due, self._unlogged = [*self._unlogged, (step, metrics)], []
+        if self.logger is not None and self.cfg.tracking.log_state and self.n_requests:  # edit runs only
+            resume.save(self.logger, self.resume_state(due))
+        log_steps(self.logger, due)
 
     def _log(self, metrics: dict[str, float]) -> None:
-        if self.logger is not None:
-            self.logger.log_metrics(metrics, step=self.n_edits)
+        self._unlogged.append((self.n_edits, metrics))
+
+
+def log_steps(logger, steps: list[tuple[int, dict[str, float]]]) -> None:
+    """Log each `(step, metrics)`."""
+    if logger is not None:
+        for step, metrics in steps:
+            logger.log_metrics(metrics, step=step)

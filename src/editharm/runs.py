@@ -11,14 +11,14 @@ from pathlib import Path
 from editharm.errors import ConfigError, EditharmError
 
 
-def _setup(argv: list[str], edits: bool):
-    """Config, data directory, edit requests, tasks and probe text: all that can be wrong, checked before
-    compute. Returns `(tree, cfg, requests, success, tasks, probe)`."""
+def _setup(argv: list[str], edits: bool, tree=None):
+    """Config (composed from `argv`, or the given `tree`), data directory, edit requests, tasks and probe text:
+    all that can be wrong, checked before compute. Returns `(tree, cfg, requests, success, tasks, probe)`."""
     from editharm import config, data
     from editharm.tasks import load_task
 
     _quiet_lightning()
-    tree = config.compose(argv)
+    tree = config.compose(argv) if tree is None else tree
     cfg = config.to_object(tree)
     root = data.data_dir(cfg.data_dir)
     requests, success = data.load_requests(cfg.edits, root) if edits else ([], False)
@@ -95,22 +95,31 @@ def _method_label(m) -> str:
 
 def edit(argv: list[str], parent=None, run_name: str | None = None, tags: dict[str, str] | None = None) -> str:
     """Apply the configured edits in one MLflow run (nested under `parent`, an experiment's run, when given);
-    returns its run id."""
+    returns its run id. `resume=<run_id>` in `argv` continues that run from its last resumable state instead
+    (`editharm.resume`): the same run, its remaining edits."""
     import lightning as L
 
-    from editharm import data, registry, tracking
+    from editharm import data, registry, resume, stopping, tracking
     from editharm.evaluators import EditEvaluator
 
-    tree, cfg, requests, success, tasks, probe = _setup(argv, edits=True)
+    resumed, argv = _resume_arg(argv)
+    if resumed and parent is not None:
+        raise ConfigError("resume=<run_id> continues a single edit run; a grid resumes by running its command again")
+    stored, uri = resume.config_of(resumed, argv) if resumed else (None, None)
+    tree, cfg, requests, success, tasks, probe = _setup(argv, edits=True, tree=stored)
+    state = resume.load(resumed, uri) if resumed else None
     e = cfg.edits
     every = min(e.eval_every, e.n)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     g = cfg.guard
     shaped = "" if g.name == "none" else f"-{g.name}{getattr(g, 'k', '')}"
     name = run_name or f"{_method_label(cfg.method)}-{cfg.model.name}-{e.mode}-n{e.n}{shaped}"
-    with tracking.start(cfg, name, parent=parent) as logger:
-        _log_run(logger, cfg, tree, tasks, kind="edit", method=cfg.method.name, mode=e.mode, eval_every=every,
-                 edits_dataset=e.dataset, guard=g.name, **(tags or {}))
+    with tracking.start(cfg, name, parent=parent, resume=resumed) as logger:
+        if state is None:
+            _log_run(logger, cfg, tree, tasks, kind="edit", method=cfg.method.name, mode=e.mode, eval_every=every,
+                     edits_dataset=e.dataset, guard=g.name, **(tags or {}))
+        else:
+            resume.mark_resumed(logger, state)
         model, tok = _model(cfg)
         _fit(cfg, model, tok, logger, tasks, requests)
         method = registry.method(cfg.method.name)
@@ -120,18 +129,47 @@ def edit(argv: list[str], parent=None, run_name: str | None = None, tags: dict[s
                       *_ability_evaluators(cfg, tok, tasks, probe)]
         module = method(cfg, model, tok, evaluators, len(requests))
         module.check_requests(requests)
-        dm = data.EditDataModule(requests, e.batch_size, evaluators)
-        trainer = _trainer(cfg, logger, every // e.batch_size)
-        trainer.validate(module, datamodule=dm, verbose=False)
-        trainer.fit(module, datamodule=dm)
-        if e.n % every:
-            trainer.validate(module, datamodule=dm, verbose=False)
+        if state is not None:
+            module.load_resume_state(state)
+        start = module.n_edits
+        dm = data.EditDataModule(requests[start:], e.batch_size, evaluators)
+        trainer = _trainer(cfg, logger, min(every, e.n - start or every) // e.batch_size)
+        try:
+            if state is None:
+                trainer.validate(module, datamodule=dm, verbose=False)
+            if start < e.n:
+                trainer.fit(module, datamodule=dm)
+            else:  # stopped after its last evaluation: only the end of the run is left
+                module.apply_resumed()
+            if module.history[-1][0] != module.n_edits:  # the last edits since an evaluation
+                trainer.validate(module, datamodule=dm, verbose=False)
+        except stopping.Stopped as err:
+            last = module.history[-1][0] if module.history else None
+            err.message = (f"{err}: run {logger.run_id} is KILLED; continue it with `editharm edit resume="
+                           f"{logger.run_id}`" if last is not None else f"{err} before its first evaluation ended: "
+                           f"run {logger.run_id} is KILLED and has nothing to resume; start it again")
+            tracking.set_tags(logger, {"stop_reason": f"{err} after {module.n_edits} of {e.n} edits; "
+                                       + (f"resumable from the state at {last} edits" if last is not None
+                                          else "no resumable state (stopped before the first evaluation ended)")})
+            raise
         tracking.log_deltas(logger, module.model, module.cumulative)
         tracking.log_edited_model(logger, module.model, tok, checkpoint=cfg.tracking.log_checkpoint,
                                   mlflow_model=cfg.tracking.log_model, step=module.n_edits)
         if cfg.tracking.log_report and parent is None:
             _own_report(logger)
         return logger.run_id
+
+
+def _resume_arg(argv: list[str]) -> tuple[str | None, list[str]]:
+    """`resume=<run_id>` taken out of `argv` (it is no config key)."""
+    from editharm import config
+
+    args = config.split_args(argv)
+    picked = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
+    rest = [a for a in args if not a.startswith("resume=")]
+    if len(picked) > 1 or (picked and not picked[0].isalnum()):
+        raise ConfigError(f"resume= takes one run id, got {picked}")
+    return (picked[0] if picked else None), rest
 
 
 def _own_report(logger) -> None:
@@ -218,10 +256,15 @@ def train_mend(argv: list[str]) -> str:
 def experiment(name: str, argv: list[str]) -> str:
     """Run the experiment grid `configs/experiment/<name>.yaml` (overrides `argv` on every cell) as one
     parent run with a child run per cell, then log its report to the parent; returns the parent's id."""
-    from editharm import experiments
+    from editharm import experiments, stopping
 
-    return experiments.run(name, argv, edit=edit, setup=lambda cell: _setup(cell, edits=True)[0],
-                           report=_report_into)
+    try:
+        return experiments.run(name, argv, edit=edit, setup=lambda cell: _setup(cell, edits=True)[0],
+                               report=_report_into)
+    except stopping.Stopped as err:  # the parent and the running cell are KILLED (tracking.start)
+        err.message = (f"{err}: the grid's parent run and its running cell are KILLED; run the same command again "
+                       "to continue (finished cells are skipped)")
+        raise
 
 
 def report(run_ids: list[str], uri: str | None = None, into: str | None = None) -> str:

@@ -108,6 +108,17 @@ class MEMIT(EditModule):
     def statistics_modules(self) -> list[str]:
         return [self.module_name("mlp_out", layer) for layer in self.hp.layers]
 
+    def method_state(self) -> dict:
+        """The context templates and, for AlphaEdit, Σ K Kᵀ of the keys edited so far."""
+        return {"templates": getattr(self, "_templates", None),
+                **({"edited": self._edited} if self.hp.nullspace and hasattr(self, "_edited") else {})}
+
+    def load_method_state(self, state: dict) -> None:
+        if state["templates"] is not None:  # None: saved before the first edit computed them
+            self._templates = list(state["templates"])
+        if self.hp.nullspace and "edited" in state:
+            self._edited = {m: c.to(self._edited[m].device) for m, c in state["edited"].items()}
+
     def edited_modules(self) -> list[str]:
         return self.statistics_modules()
 

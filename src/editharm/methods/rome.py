@@ -92,6 +92,13 @@ class ROME(EditModule):
     def statistics_modules(self) -> list[str]:
         return [self._rewrite_module()]
 
+    def method_state(self) -> dict:
+        return {"templates": getattr(self, "_templates", None)}
+
+    def load_method_state(self, state: dict) -> None:
+        if state["templates"] is not None:  # None: saved before the first edit computed them
+            self._templates = list(state["templates"])
+
     def _rewrite_module(self) -> str:
         return self.module_name("mlp_out", self.hp.layer)
 

@@ -95,6 +95,16 @@ class TaskEvaluator(Evaluator):
         self.likelihood.reset()
         self.rows = []
 
+    def resume_state(self) -> dict:
+        """The step-0 rows the paired deltas are measured from."""
+        return {"baseline": self.metric.baseline, "likelihood_baseline": self.likelihood.baseline,
+                "has_baseline": self.has_baseline}
+
+    def load_resume_state(self, state: dict) -> None:
+        self.metric.baseline = state["baseline"]
+        self.likelihood.baseline = state["likelihood_baseline"]
+        self.has_baseline = state["has_baseline"]
+
 
 def _gather(rows: list[dict]) -> list[dict]:
     if not (dist.is_available() and dist.is_initialized()):
