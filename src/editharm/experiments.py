@@ -2,20 +2,20 @@
 
     parent_id = run("gu2024-sequential", ["tasks.limit=50"], edit=runs.edit)
 
-Every cell's config and data are checked before the first cell starts. A cell that fails is marked FAILED
-and the others go on. Running the same command again reopens the same parent (found by the grid's hash)
+Every cell's config and data, and the launcher options (`experiment.*` on the command line: `launchers`), are
+checked before the first cell starts. The cells run in this process or on a launcher (local worker processes,
+Ray tasks); a cell that fails is marked FAILED and the others go on. Running the same command again reopens the
+same parent (found by the grid's hash)
 and skips the cells it already FINISHED with the same config hash, so an interrupted grid resumes.
 """
 from __future__ import annotations
 
-import gc
 import json
 import os
-import time
 from typing import Callable
 
 from editharm import config as C
-from editharm import grid, tracking
+from editharm import grid, launchers, tracking
 from editharm.errors import ConfigError, EditharmError
 
 
@@ -44,9 +44,13 @@ def check(spec: grid.ExperimentSpec, cells: list[grid.Cell], setup: Callable) ->
 def run(name: str, extra: list[str], edit: Callable, setup: Callable, report: Callable | None = None) -> str:
     """Run the grid `name` with `extra` overrides on every cell; returns the parent run id.
 
+    `extra` may hold the launcher's own `experiment.*` options (split off, not cell overrides).
     `setup(argv) -> tree` validates a cell (config, edit data, tasks); `edit(argv, parent=, run_name=, tags=)`
-    runs it; `report(parent)` draws the report into the parent afterwards (a failure must not raise)."""
+    runs it (a module-level function: other launchers pickle it); `report(parent)` draws the report into the
+    parent afterwards (a failure must not raise)."""
     spec = grid.load(name)
+    own, extra = launchers.split(extra)
+    options = launchers.parse(own)
     cells = grid.cells(spec, extra)
     checked = check(spec, cells, setup)
     hashes = [h for _, h in checked]
@@ -63,10 +67,10 @@ def run(name: str, extra: list[str], edit: Callable, setup: Callable, report: Ca
         r = spec.report
         tracking.set_tags(parent, {"kind": "experiment", "experiment": spec.name, "grid_hash": ghash,
                                    "git_commit": tracking.git_commit(), "report.x": r.x, "report.x_key": r.x_key or "",
-                                   "report.paper": r.paper or ""})
+                                   "report.paper": r.paper or "", "launcher": options.launcher})
         if earlier is None:  # keys of our own: under `mlflow run` the project's `name`/`overrides` params exist already
             parent.log_hyperparams({"experiment.name": spec.name, "experiment.cells": len(cells),
-                                    "experiment.overrides": " ".join(extra)})
+                                    "experiment.overrides": " ".join(extra), **options.params()})
             tracking.log_text(parent, "experiment/cells.json", json.dumps(
                 [{"name": c.name, "values": c.values, "argv": c.argv, "config_hash": h} for c, h in zip(cells, hashes)],
                 indent=1, ensure_ascii=False))
@@ -74,28 +78,32 @@ def run(name: str, extra: list[str], edit: Callable, setup: Callable, report: Ca
         ran = {h: done[h] for h in hashes if h in done}
         print(f"editharm: experiment {spec.name}: {len(cells)} cells, parent run {parent.run_id}"
               + (" (resumed)" if earlier else "") + (f"; {len(ran)} finished already" if ran else ""))
-        counts = {"finished": 0, "skipped": 0, "failed": 0}
-        for i, (cell, h) in enumerate(zip(cells, hashes), 1):
-            head = f"[{i}/{len(cells)}] {cell.name}"
+        counts = {"finished": 0, "skipped": len(ran), "failed": 0}
+        heads = [f"[{i}/{len(cells)}] {cell.name}" for i, cell in enumerate(cells, 1)]
+        for head, h in zip(heads, hashes):
             if h in done:
-                counts["skipped"] += 1
                 print(f"{head}: finished already (run {done[h]}), skipped")
-                continue
-            print(f"{head}: running", flush=True)
-            t0 = time.perf_counter()
-            try:
-                child = edit(cell.argv, parent=parent, run_name=cell.name,
-                             tags={"cell": cell.name, "config_hash": h, "experiment": spec.name,
-                                   **{f"axis.{k}": v for k, v in cell.values.items()}})
-            except Exception as err:  # noqa: BLE001  (the cell's run is marked FAILED; the grid goes on)
-                counts["failed"] += 1
-                failed.append((cell.name, str(err).splitlines()[0] if str(err) else type(err).__name__))
-                print(f"{head}: FAILED after {time.perf_counter() - t0:.0f} s: {failed[-1][1]}")
+        todo = [(i, cell, h) for i, (cell, h) in enumerate(zip(cells, hashes)) if h not in done]
+        jobs = [launchers.Job(tuple(cell.argv), cell.name, tuple({
+            "cell": cell.name, "config_hash": h, "experiment": spec.name,
+            **{f"axis.{k}": v for k, v in cell.values.items()}}.items())) for _, cell, h in todo]
+
+        def progress(k: int, event) -> None:
+            head = heads[todo[k][0]]
+            if isinstance(event, str):
+                print(f"{head}: {event}", flush=True)
+            elif event.error is None:
+                print(f"{head}: finished in {event.seconds:.0f} s (run {event.run_id})", flush=True)
             else:
+                print(f"{head}: FAILED after {event.seconds:.0f} s: {event.error}", flush=True)
+
+        for (_, cell, h), result in zip(todo, launchers.launch(options, jobs, edit, parent, progress)):
+            if result.error is None:
                 counts["finished"] += 1
-                ran[h] = child
-                print(f"{head}: finished in {time.perf_counter() - t0:.0f} s (run {child})")
-            gc.collect()
+                ran[h] = result.run_id
+            else:
+                counts["failed"] += 1
+                failed.append((cell.name, result.error))
         parent.log_metrics({f"experiment/cells_{k}": v for k, v in counts.items()})
         tracking.log_text(parent, "experiment/runs.json", json.dumps(ran, indent=1))  # what the report reads
         if report is not None and ran:
