@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -23,6 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from editharm import config as C
 from editharm import deltas as D
+from editharm import stopping
 from editharm.errors import EditharmError
 
 CHECKPOINT = "checkpoint"
@@ -37,6 +39,18 @@ class RunLogger(MLFlowLogger):
         pass
 
 
+@dataclass(frozen=True)
+class ParentRun:
+    """What a nested run needs of its parent, picklable: a grid's cells in other processes (`launchers`)."""
+    run_id: str
+    tracking_uri: str
+    experiment_name: str
+
+    @classmethod
+    def of(cls, logger: RunLogger) -> "ParentRun":
+        return cls(logger.run_id, logger._tracking_uri, logger.experiment.get_experiment(logger.experiment_id).name)
+
+
 def tracking_uri(cfg: C.RunConfig | None = None) -> str:
     """`tracking.uri`, else $MLFLOW_TRACKING_URI, else MLflow 3's default `sqlite:///mlflow.db`."""
     configured = cfg.tracking.uri if cfg is not None else None
@@ -44,16 +58,19 @@ def tracking_uri(cfg: C.RunConfig | None = None) -> str:
 
 
 @contextmanager
-def start(cfg: C.RunConfig, run_name: str, parent: RunLogger | None = None,
+def start(cfg: C.RunConfig, run_name: str, parent: RunLogger | ParentRun | None = None,
           resume: str | None = None) -> Iterator[RunLogger]:
-    """Open (or, under `mlflow run`, join) this process's run; end it FINISHED, or FAILED on error. With a
-    `parent`, open a new run nested under it (same experiment, `mlflow.parentRunId`); with `resume`, reopen
-    that run (RUNNING again)."""
+    """Open (or, under `mlflow run`, join) this process's run; end it FINISHED, or FAILED on error, or KILLED
+    when SIGTERM/SIGINT stops it (`stopping`: raised where the run is, within seconds). With a `parent`, open a
+    new run nested under it (same experiment, `mlflow.parentRunId`); with `resume`, reopen that run (RUNNING
+    again)."""
     if parent is not None:
-        experiment = parent.experiment.get_experiment(parent.experiment_id).name
-        logger = RunLogger(experiment_name=experiment, tracking_uri=parent._tracking_uri, run_name=run_name,
-                           log_model=False, tags={"mlflow.parentRunId": parent.run_id})
+        ref = parent if isinstance(parent, ParentRun) else ParentRun.of(parent)
+        logger = RunLogger(experiment_name=ref.experiment_name, tracking_uri=ref.tracking_uri, run_name=run_name,
+                           log_model=False, tags={"mlflow.parentRunId": ref.run_id})
     else:
+        if not resume and not os.environ.get("MLFLOW_RUN_ID"):
+            ensure_experiment(cfg.tracking.experiment, tracking_uri(cfg))
         logger = RunLogger(experiment_name=cfg.tracking.experiment, tracking_uri=tracking_uri(cfg),
                            run_id=resume or os.environ.get("MLFLOW_RUN_ID"), run_name=cfg.tracking.run_name or run_name,
                            log_model=False)
@@ -61,9 +78,16 @@ def start(cfg: C.RunConfig, run_name: str, parent: RunLogger | None = None,
     if resume:
         logger.experiment.update_run(run_id, "RUNNING")
     try:
-        yield logger
-    except KeyboardInterrupt:
-        logger.experiment.set_terminated(run_id, "KILLED")
+        with stopping.on_signals():
+            yield logger
+    except (KeyboardInterrupt, stopping.Stopped) as err:
+        mark_killed(logger, str(err) or type(err).__name__)
+        raise
+    except SystemExit as err:
+        if isinstance(err.__context__, KeyboardInterrupt):  # Lightning turns Ctrl-C inside fit into exit(1)
+            mark_killed(logger, "stopped by KeyboardInterrupt")
+        else:
+            mark_failed(logger, err)
         raise
     except BaseException as err:
         mark_failed(logger, err)
@@ -71,6 +95,28 @@ def start(cfg: C.RunConfig, run_name: str, parent: RunLogger | None = None,
     else:
         logger.experiment.set_terminated(run_id, "FINISHED")
         print_links(logger)
+
+
+def ensure_experiment(name: str, uri: str) -> None:
+    """Create experiment `name` unless it exists. Runs started at once against one server race to create it; the
+    loser's `RESOURCE_ALREADY_EXISTS` only means the winner made it (Lightning's logger would raise it)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(uri)
+    if client.get_experiment_by_name(name) is None:
+        try:
+            client.create_experiment(name)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS" and client.get_experiment_by_name(name) is None:
+                raise
+
+
+def mark_killed(logger: RunLogger, reason: str) -> None:
+    """Tag the run with why it stopped (`stop_reason`, unless the run set a fuller one) and mark it KILLED."""
+    if "stop_reason" not in logger.experiment.get_run(logger.run_id).data.tags:
+        logger.experiment.set_tag(logger.run_id, "stop_reason", reason[:5000])
+    logger.experiment.set_terminated(logger.run_id, "KILLED")
 
 
 def mark_failed(logger: RunLogger, err: BaseException) -> None:
