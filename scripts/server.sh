@@ -2,7 +2,7 @@
 # A team's tracking server: PostgreSQL as MLflow's backend store, `mlflow server` serving the artifacts, both
 # kept in one directory of your choosing.
 #
-#   bash scripts/server.sh start DIR [--port 5000] [--pg-port 5432] [--host 127.0.0.1]
+#   bash scripts/server.sh start DIR [--port 5000] [--pg-port 5432] [--host 127.0.0.1] [--workers 4]
 #   export MLFLOW_TRACKING_URI=http://127.0.0.1:5000     # what `start` prints; or tracking.uri=... per run
 #   bash scripts/server.sh status DIR
 #   bash scripts/server.sh stop DIR
@@ -11,23 +11,27 @@
 # 127.0.0.1 only, with trust authentication for its one role; MLflow listens on --host (default 127.0.0.1:
 # put a reverse proxy with authentication in front before opening it to a network). PostgreSQL comes from the
 # system packages when missing; the driver is the package's `server` extra (psycopg2-binary). As root, the
-# cluster runs as the `postgres` user (initdb refuses root), which must be able to reach DIR.
+# cluster runs as the `postgres` user (initdb refuses root), which must be able to reach DIR. MLflow's GenAI job
+# runner (7 huey consumers, a store in /dev/shm that outlives the server) is off unless
+# MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true: editharm runs never submit jobs.
 set -euo pipefail
 die() { echo "server.sh: error: $*" >&2; exit 2; }
-usage="usage: server.sh start|stop|status DIR [--port P] [--pg-port Q] [--host H]"
+usage="usage: server.sh start|stop|status DIR [--port P] [--pg-port Q] [--host H] [--workers N]"
 cmd=${1:-}; dir=${2:-}
 [ -n "$cmd" ] && [ -n "$dir" ] || die "$usage"
 shift 2
-port=5000; pg_port=5432; host=127.0.0.1
+port=5000; pg_port=5432; host=127.0.0.1; workers=4
 while [ $# -gt 0 ]; do
   case $1 in
     --port) port=${2:?}; shift 2 ;;
     --pg-port) pg_port=${2:?}; shift 2 ;;
     --host) host=${2:?}; shift 2 ;;
+    --workers) workers=${2:?}; shift 2 ;;
     *) die "unknown option $1; $usage" ;;
   esac
 done
 for p in "$port" "$pg_port"; do [[ $p =~ ^[0-9]+$ ]] && [ "$p" -ge 1 ] && [ "$p" -le 65535 ] || die "not a port: $p"; done
+[[ $workers =~ ^[0-9]+$ ]] && [ "$workers" -ge 1 ] || die "not a worker count: $workers"
 case $cmd in start|stop|status) ;; *) die "unknown command $cmd; $usage" ;; esac
 repo=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$dir"
@@ -110,8 +114,10 @@ psql() { as_pg "$bin/psql" -h 127.0.0.1 -p "$pg_port" -U editharm -d postgres -t
 [ "$(psql "SELECT 1 FROM pg_database WHERE datname = 'mlflow'")" = 1 ] || psql "CREATE DATABASE mlflow" >/dev/null
 uri="http://$host:$port"
 echo "$uri" >"$run/uri"
-setsid "$mlflow" server --backend-store-uri "postgresql+psycopg2://editharm@127.0.0.1:$pg_port/mlflow" \
-  --artifacts-destination "$dir/artifacts" --serve-artifacts --host "$host" --port "$port" \
+# MLflow's job runner (GenAI judges, trace roll-ups: about seven huey consumer processes) is off unless asked for.
+MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} \
+  setsid "$mlflow" server --backend-store-uri "postgresql+psycopg2://editharm@127.0.0.1:$pg_port/mlflow" \
+  --artifacts-destination "$dir/artifacts" --serve-artifacts --host "$host" --port "$port" --workers "$workers" \
   >"$run/mlflow.log" 2>&1 </dev/null &
 echo $! >"$run/mlflow.pid"
 for _ in $(seq 240); do

@@ -46,7 +46,7 @@ def ui(env, tracking, tmp_path):
     port = _free_port()
     server = subprocess.Popen([str(mlflow_bin), "ui", "--backend-store-uri", tracking, "--host", "127.0.0.1",
                                "--port", str(port)], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+                              start_new_session=True, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(180):

@@ -184,3 +184,25 @@ def test_sigterm_stops_a_grid_and_marks_parent_and_cell_killed(env, monkeypatch)
     status = {r.data.tags.get("kind"): r.info.status for r in runs}
     assert status == {"experiment": "KILLED", "edit": "KILLED"}  # the first cell (ft) stopped; rome never began
     assert all(r.data.tags["stop_reason"].startswith("stopped by SIGTERM") for r in runs)
+
+
+def test_stopped_after_its_last_evaluation_only_the_end_is_left(reference, monkeypatch):
+    """SIGTERM while the edited model is being logged: the state at 6 edits resumes without editing again."""
+    from editharm import tracking
+
+    real = tracking.log_edited_model
+
+    def stop(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(tracking, "log_edited_model", stop)
+    with pytest.raises(stopping.Stopped):
+        edit(ARGS)
+    run = next(r for r in client().search_runs([e.experiment_id for e in client().search_experiments()])
+               if r.info.run_id != reference)
+    assert "after 6 of 6 edits; resumable from the state at 6" in run.data.tags["stop_reason"]
+    monkeypatch.setattr(tracking, "log_edited_model", real)
+    monkeypatch.setattr(FT, "compute_deltas", lambda *a: pytest.fail("a resumed run at its last state edits again"))
+    edit([f"resume={run.info.run_id}"])
+    assert client().get_run(run.info.run_id).info.status == "FINISHED"
+    _same_as_reference(run.info.run_id, reference)

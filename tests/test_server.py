@@ -42,19 +42,34 @@ def server():
     root = Path(tempfile.mkdtemp(prefix="editharm-server-", dir="/tmp"))
     root.chmod(0o755)  # as root the cluster runs as `postgres`, which must reach it
     port, pg_port = _free_port(), _free_port()
-    started = subprocess.run(["bash", str(SCRIPT), "start", str(root), "--port", str(port), "--pg-port", str(pg_port)],
+    started = subprocess.run(["bash", str(SCRIPT), "start", str(root), "--port", str(port), "--pg-port", str(pg_port),
+                              "--workers", "1"],
                              capture_output=True, text=True, timeout=300)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert f"MLFLOW_TRACKING_URI=http://127.0.0.1:{port}" in started.stdout
         yield f"http://127.0.0.1:{port}", root, (port, pg_port)
     finally:
+        group = _pid(root / "run" / "mlflow.pid")  # mlflow's process group: its uvicorn workers too
+        postmaster = _pid(root / "pg" / "postmaster.pid")
         stopped = subprocess.run(["bash", str(SCRIPT), "stop", str(root)], capture_output=True, text=True, timeout=120)
         shutil.rmtree(root, ignore_errors=True)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert not _listening(port) and not _listening(pg_port)
     left = subprocess.run(["pgrep", "-f", str(root)], capture_output=True, text=True).stdout.split()
+    if group:
+        left += subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True).stdout.split()
+    if postmaster:
+        left += subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout.split()
     assert not left, f"processes left behind: {left}"
+
+
+def _pid(path: Path) -> int | None:
+    """The pid on a pid file's first line (mlflow's, or PostgreSQL's postmaster.pid), if the file is there."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def test_four_concurrent_runs_checkpoints_and_reports_through_the_server(server, data_dir, tmp_path):
@@ -81,26 +96,17 @@ def test_four_concurrent_runs_checkpoints_and_reports_through_the_server(server,
     assert not list(Path(tmp_path).glob("mlruns")) and not list(Path(tmp_path).glob("*.db"))  # all on the server
     assert any((root / "artifacts").rglob("config.json"))  # served artifacts land in the server's store
 
-    run_id = runs[0].info.run_id
-    got = subprocess.run([sys.executable, "-m", "editharm", "checkpoint", run_id, "--out", str(tmp_path / "ckpt"),
-                          "--tracking-uri", uri], env=env, capture_output=True, text=True, timeout=300)
-    assert got.returncode == 0, got.stderr
+    run_id = runs[0].info.run_id  # what `editharm checkpoint|report` and `checkpoint=runs:/` call, in this process
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
+    from editharm import runs as commands
+    from editharm import tracking
+
+    model = AutoModelForCausalLM.from_pretrained(commands.checkpoint(run_id, str(tmp_path / "ckpt"), uri))
     assert sum(p.numel() for p in model.parameters()) > 0
-
-    evaluated = subprocess.run([sys.executable, "-m", "editharm", "evaluate", "model=tiny-llama", "tasks.names=[sst2]",
-                                f"checkpoint=runs:/{run_id}", "probe.perplexity=false",
-                                f"cache_dir={tmp_path / 'cache'}"], cwd=tmp_path, env=env,
-                               capture_output=True, text=True, timeout=300)
-    assert evaluated.returncode == 0, evaluated.stdout[-2000:] + evaluated.stderr[-2000:]
-    assert (tmp_path / "cache" / "checkpoints" / run_id / "config.json").exists()
-
-    reported = subprocess.run([sys.executable, "-m", "editharm", "report", run_id, "--tracking-uri", uri], env=env,
-                              capture_output=True, text=True, timeout=300)
-    assert reported.returncode == 0, reported.stderr[-2000:]
-    holder = reported.stdout.split("report logged to run ")[1].split()[0]
+    got = tracking.resolve_checkpoint(f"runs:/{run_id}", tmp_path / "cache", uri)  # what `checkpoint=runs:/` calls
+    assert got == tmp_path / "cache" / "checkpoints" / run_id and (got / "config.json").exists()
+    holder = commands.report([run_id], uri)
     assert "report/abilities.png" in [a.path for a in client.list_artifacts(holder, "report")]
 
 

@@ -70,7 +70,11 @@ def load(run_id: str, uri: str) -> dict:
     raw = _fetch(run_id, f"{FOLDER}/{FILE}", uri,
                      f"run {run_id} has no resumable state ({FOLDER}/{FILE}): it stopped before its first "
                      "evaluation ended, or ran with tracking.log_state=false; start it again instead")
-    state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  (a write cut short by a hard kill)
+        raise EditharmError(f"run {run_id}'s resumable state ({FOLDER}/{FILE}) cannot be read "
+                            f"({type(err).__name__}); start the run again") from None
     if state.get("version") != VERSION:
         raise EditharmError(f"run {run_id}'s resumable state is version {state.get('version')}; this editharm "
                             f"reads version {VERSION}")
@@ -100,6 +104,11 @@ def mark_resumed(logger, state: dict) -> None:
                        if m and step not in {h.step for h in client.get_metric_history(run_id, next(iter(m)))}])
 
 
+def final_logged(logger) -> bool:
+    """Whether the run already logged its end-of-run `delta/<param>/final_*` metrics (stopped after them)."""
+    return any("/final_" in k for k in logger.experiment.get_run(logger.run_id).data.metrics)
+
+
 def config_of(run_id: str, argv: list[str]):
     """`(tree, uri)`: the config run `run_id` was started with (its `config/resolved.yaml`), with the overrides
     in `argv` that may change (`LOCAL_KEYS`) applied. Any other override must agree with the run's config: a
@@ -123,6 +132,9 @@ def config_of(run_id: str, argv: list[str]):
         raise ConfigError(f"resume={run_id}: the run is {run.info.status}; only {', '.join(RESUMABLE)} runs resume")
     stored = _fetch(run_id, "config/resolved.yaml", uri, f"run {run_id} has no config/resolved.yaml")
     tree = C.recompose(stored.decode("utf-8"), local)
+    tree.tracking.uri = uri  # where the run was found is where it goes on
+    if tree.method.name == "mend" and tree.method.hypernetwork == "auto" and run.data.tags.get("mend.hypernetwork"):
+        tree.method.hypernetwork = run.data.tags["mend.hypernetwork"]  # the network it began with, not the newest
     clashes = _clashes([a for a in args if a not in local], tree)
     if clashes:
         raise ConfigError(f"resume={run_id} continues the run with its own config; these overrides change it: "

@@ -80,7 +80,7 @@ def _model(cfg):
     cache = models.cache_root(cfg.cache_dir)
     if not cfg.checkpoint:
         return models.load(cfg.model, cache)
-    path = tracking.resolve_checkpoint(cfg.checkpoint, cache)
+    path = tracking.resolve_checkpoint(cfg.checkpoint, cache, tracking.tracking_uri(cfg))
     return models.load(dataclasses.replace(cfg.model, source="hub", path=str(path), revision=None), cache)
 
 
@@ -143,20 +143,22 @@ def edit(argv: list[str], parent=None, run_name: str | None = None, tags: dict[s
                 module.apply_resumed()
             if module.history[-1][0] != module.n_edits:  # the last edits since an evaluation
                 trainer.validate(module, datamodule=dm, verbose=False)
+            tracking.log_deltas(logger, module.model, module.cumulative,  # (once: a run resumed at its end
+                                metrics=not resume.final_logged(logger))  # may have logged them)
+            tracking.log_edited_model(logger, module.model, tok, checkpoint=cfg.tracking.log_checkpoint,
+                                      mlflow_model=cfg.tracking.log_model, step=module.n_edits)
+            if cfg.tracking.log_report and parent is None:
+                _own_report(logger)
         except stopping.Stopped as err:
-            last = module.history[-1][0] if module.history else None
+            last = module.history[-1][0] if module.history and cfg.tracking.log_state else None
             err.message = (f"{err}: run {logger.run_id} is KILLED; continue it with `editharm edit resume="
-                           f"{logger.run_id}`" if last is not None else f"{err} before its first evaluation ended: "
-                           f"run {logger.run_id} is KILLED and has nothing to resume; start it again")
+                           f"{logger.run_id}`" if last is not None else f"{err}: run {logger.run_id} is KILLED and has no "
+                           "resumable state to continue from; start it again")
             tracking.set_tags(logger, {"stop_reason": f"{err} after {module.n_edits} of {e.n} edits; "
                                        + (f"resumable from the state at {last} edits" if last is not None
-                                          else "no resumable state (stopped before the first evaluation ended)")})
+                                          else "no resumable state (tracking.log_state=false, or stopped before "
+                                          "the first evaluation ended)")})
             raise
-        tracking.log_deltas(logger, module.model, module.cumulative)
-        tracking.log_edited_model(logger, module.model, tok, checkpoint=cfg.tracking.log_checkpoint,
-                                  mlflow_model=cfg.tracking.log_model, step=module.n_edits)
-        if cfg.tracking.log_report and parent is None:
-            _own_report(logger)
         return logger.run_id
 
 

@@ -77,24 +77,24 @@ def start(cfg: C.RunConfig, run_name: str, parent: RunLogger | ParentRun | None 
     run_id = logger.run_id  # creates the run now, so a failure below is recorded against it
     if resume:
         logger.experiment.update_run(run_id, "RUNNING")
-    try:
-        with stopping.on_signals():
+    with stopping.on_signals():  # still installed while the run is marked: a second signal cannot cut that short
+        try:
             yield logger
-    except (KeyboardInterrupt, stopping.Stopped) as err:
-        mark_killed(logger, str(err) or type(err).__name__)
-        raise
-    except SystemExit as err:
-        if isinstance(err.__context__, KeyboardInterrupt):  # Lightning turns Ctrl-C inside fit into exit(1)
-            mark_killed(logger, "stopped by KeyboardInterrupt")
-        else:
+        except (KeyboardInterrupt, stopping.Stopped) as err:
+            mark_killed(logger, str(err) or type(err).__name__)
+            raise
+        except SystemExit as err:
+            if isinstance(err.__context__, KeyboardInterrupt):  # Lightning turns Ctrl-C inside fit into exit(1)
+                mark_killed(logger, "stopped by KeyboardInterrupt")
+            else:
+                mark_failed(logger, err)
+            raise
+        except BaseException as err:
             mark_failed(logger, err)
-        raise
-    except BaseException as err:
-        mark_failed(logger, err)
-        raise
-    else:
-        logger.experiment.set_terminated(run_id, "FINISHED")
-        print_links(logger)
+            raise
+        else:
+            logger.experiment.set_terminated(run_id, "FINISHED")
+    print_links(logger)
 
 
 def ensure_experiment(name: str, uri: str) -> None:
@@ -188,7 +188,7 @@ def log_files(logger: RunLogger | None, folder: str, paths: list[Path]) -> None:
 
 
 @rank_zero_only
-def log_deltas(logger: RunLogger, model, cumulative: D.Deltas) -> None:
+def log_deltas(logger: RunLogger, model, cumulative: D.Deltas, metrics: bool = True) -> None:
     """`deltas/deltas.safetensors` (cumulative ΔW, parameter layout) and `deltas/summary.json`."""
     if not cumulative:
         return
@@ -199,7 +199,8 @@ def log_deltas(logger: RunLogger, model, cumulative: D.Deltas) -> None:
         D.save(cumulative, Path(tmp) / "deltas.safetensors", metadata={"layout": "parameter", "sum": "cumulative"})
         D.save_summary(summary, Path(tmp) / "summary.json")
         logger.experiment.log_artifacts(logger.run_id, tmp, "deltas")
-    logger.log_metrics({f"delta/{n}/final_{k}": v for n, s in summary.items() for k, v in s.items()})
+    if metrics:
+        logger.log_metrics({f"delta/{n}/final_{k}": v for n, s in summary.items() for k, v in s.items()})
 
 
 @rank_zero_only
@@ -345,13 +346,14 @@ def download_checkpoint(run_id: str, out: Path, uri: str | None = None) -> Path:
     return out
 
 
-def resolve_checkpoint(spec: str, cache: Path) -> Path:
+def resolve_checkpoint(spec: str, cache: Path, uri: str | None = None) -> Path:
     """A local checkpoint directory for `spec`: a directory as is, or `runs:/<run_id>` downloaded once
-    into `<cache>/checkpoints/<run_id>`."""
+    into `<cache>/checkpoints/<run_id>` from store `uri` (default: `tracking_uri()`; pass the run's
+    `tracking_uri(cfg)` so that `tracking.uri=` is honoured, not only $MLFLOW_TRACKING_URI)."""
     if spec.startswith("runs:/"):
         run_id = spec[len("runs:/"):].strip("/").split("/")[0]
         out = cache / "checkpoints" / run_id
-        return out if (out / "config.json").exists() else download_checkpoint(run_id, out)
+        return out if (out / "config.json").exists() else download_checkpoint(run_id, out, uri)
     path = Path(spec).expanduser()
     if not (path / "config.json").is_file():
         raise EditharmError(f"checkpoint={spec!r} is neither runs:/<run_id> nor a directory with config.json")

@@ -117,7 +117,8 @@ class MEMIT(EditModule):
         if state["templates"] is not None:  # None: saved before the first edit computed them
             self._templates = list(state["templates"])
         if self.hp.nullspace and "edited" in state:
-            self._edited = {m: c.to(self._edited[m].device) for m, c in state["edited"].items()}
+            device = next(self.model.parameters()).device  # (a state at step n: on_fit_start never ran)
+            self._edited = {m: c.to(device) for m, c in state["edited"].items()}
 
     def edited_modules(self) -> list[str]:
         return self.statistics_modules()
