@@ -279,14 +279,7 @@ class EditModule(L.LightningModule):
         due, self._unlogged = [*self._unlogged, (step, metrics)], []
         if self.logger is not None and self.cfg.tracking.log_state and self.n_requests:  # edit runs only
             resume.save(self.logger, self.resume_state(due))
-        log_steps(self.logger, due)
+        tracking.log_steps(self.logger, due)
 
     def _log(self, metrics: dict[str, float]) -> None:
         self._unlogged.append((self.n_edits, metrics))
-
-
-def log_steps(logger, steps: list[tuple[int, dict[str, float]]]) -> None:
-    """Log each `(step, metrics)`."""
-    if logger is not None:
-        for step, metrics in steps:
-            logger.log_metrics(metrics, step=step)

@@ -86,7 +86,6 @@ def mark_resumed(logger, state: dict) -> None:
     metrics of the state's steps that never reached the store (the process died between writing the state and
     logging them)."""
     from editharm import tracking
-    from editharm.module import log_steps
 
     client, run_id = logger.experiment, logger.run_id
     tags = client.get_run(run_id).data.tags
@@ -100,7 +99,7 @@ def mark_resumed(logger, state: dict) -> None:
     if joined and joined != run_id:  # `mlflow run` opened a run of its own for this process: point it at ours
         client.set_tag(joined, "resumed_run", run_id)
         client.set_tag(joined, "mlflow.note.content", f"This `mlflow run` resumed run {run_id}; the metrics are there.")
-    log_steps(logger, [(step, m) for step, m in state["metrics"]
+    tracking.log_steps(logger, [(step, m) for step, m in state["metrics"]
                        if m and step not in {h.step for h in client.get_metric_history(run_id, next(iter(m)))}])
 
 

@@ -174,6 +174,13 @@ def git_commit() -> str:
     return sha + ("-dirty" if dirty else "")
 
 
+def log_steps(logger: RunLogger | None, steps: list[tuple[int, dict[str, float]]]) -> None:
+    """Log each `(step, metrics)` (an edit run's buffered steps, written with its resumable state)."""
+    if logger is not None:
+        for step, metrics in steps:
+            logger.log_metrics(metrics, step=step)
+
+
 @rank_zero_only
 def log_jsonl(logger: RunLogger | None, artifact: str, rows: list[dict]) -> None:
     if logger is not None:
