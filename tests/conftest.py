@@ -200,3 +200,17 @@ def read_artifact(run_id: str, path: str, dst: Path) -> Path:
 
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst),
                                                     tracking_uri=os.environ["MLFLOW_TRACKING_URI"]))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real data folder (`$EDITHARM_DATA_DIR` as the suite was started, else ../shared/data beside the checkout).
+    Skipped where there is none; CI (CI=true) has one and fails without it."""
+    import os
+
+    found = os.environ.get("EDITHARM_DATA_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "data")
+    if not Path(found, "rte").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs the real data folder; none at {found}")
+        pytest.skip("no real data folder (../shared/data or $EDITHARM_DATA_DIR)")
+    return Path(found)

@@ -77,6 +77,7 @@ def tiny(cfg: ModelConfig):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[cfg.dtype])
+    tok.model_max_length = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 512)
     return model, tok
 
 

@@ -9,7 +9,7 @@ from editharm import config, deltas as D, models, scoring
 from editharm.data import EditRequest
 from editharm.methods._shared import keys_at, subject_last
 from editharm.guards import nullspace_projector
-from editharm.methods.memit import MEMIT, alphaedit_update, layer_keys, memit_update
+from editharm.methods.memit import MEMIT, alphaedit_update, compute_z, layer_keys, memit_update
 from editharm.methods.rome import ROME, compute_u, compute_v, rank_one_update
 from editharm.nethook import to_param_layout
 
@@ -83,17 +83,29 @@ def test_memit_update_solves_its_normal_equations():
 
 
 @pytest.mark.parametrize("model_name", ["tiny-llama", "tiny-gpt2"])
-def test_memit_batch_leaves_the_model_alone_and_raises_every_target(env, model_name):
+def test_memit_batch_leaves_the_model_alone_and_moves_every_hidden_state_to_its_target(env, model_name):
+    """MEMIT's multi-layer solve: with λ → 0 and fewer requests than key dimensions, the updated layers put each
+    request's hidden state at the last layer's block exactly on its target z. Whether that raises P(target) on a
+    random model depends on the collateral change at the prompt's other positions (unprotected by the tiny corpus's
+    C): it does on this tiny Llama, not on every seed of the tiny GPT-2, so the probability is checked on Llama."""
     deeper = ["model.architecture.num_hidden_layers=4", "model.n_layers=4"] if model_name == "tiny-llama" else \
         ["model.architecture.n_layer=4", "model.n_layers=4"]
-    m = _module(MEMIT, model_name, "memit", *deeper, "method.layers=[0,1]", "method.mom2_update_weight=10.0", BARE)
+    m = _module(MEMIT, model_name, "memit", *deeper, "method.layers=[0,1]", "method.mom2_update_weight=0.001", BARE)
     before = {k: v.clone() for k, v in m.model.state_dict().items()}
     nll0 = _nll(m, REQUESTS)
+    block = m.module_name("layer", 1)
+    prompts = [r.prompt for r in REQUESTS]
+    positions = [subject_last(m.tokenizer, r.prompt, r.subject) for r in REQUESTS]
+    H0 = keys_at(m.model, m.tokenizer, block, prompts, positions)[1]
+    Z, _ = compute_z(m.model, m.tokenizer, block, REQUESTS, m._templates, m.hp, H0)
     deltas = m.compute_deltas(REQUESTS)
     assert all(torch.equal(before[k], v) for k, v in m.model.state_dict().items())
     assert set(deltas) == {m.module_name("mlp_out", i) + ".weight" for i in (0, 1)}
     D.apply_(m.model, deltas)
-    assert all(a < b - 1e-3 for a, b in zip(_nll(m, REQUESTS), nll0))
+    H1 = keys_at(m.model, m.tokenizer, block, prompts, positions)[1]
+    assert ((Z - H1).norm(dim=1) < 1e-4 * (Z - H0).norm(dim=1)).all()
+    if model_name == "tiny-llama":
+        assert all(a < b - 1e-3 for a, b in zip(_nll(m, REQUESTS), nll0))
 
 
 def test_alphaedit_update_solves_its_normal_equations_and_spares_protected_keys():
