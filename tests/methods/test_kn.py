@@ -143,6 +143,109 @@ def test_paper_variant_doubles_a_one_token_old_answer_and_keeps_special_tokens()
         ["model=tiny-llama", "method=kn", "method.steps=2", "method.variant=corrected"]).method)
     assert fixed.c == 1.0 and paper.c == (2.0 if len(paper.old) == 1 else 1.0)
     assert len(fixed.old) == len(fixed.new) and len(paper.old) == len(paper.new)
+    assert paper.new == tok("English")["input_ids"] and fixed.new == tok(" English", add_special_tokens=False)["input_ids"]
+
+
+# Stand-ins for the two tokenizer families the paper ran, small enough to work by hand: GPT-2's byte-level BPE
+# ("Ġ" marks a leading space; no BOS) and LLaMA's sentencepiece ("▁" prefixed to the text, BOS added, and a
+# single token decodes without its space, so the reference's string concatenation glues "is" + "Paris").
+WORDS = ["The", "capital", "of", "France", "is", "Paris", "Lyon", "city"]
+CASE = EditRequest("The capital of France is", "France", "Lyon city", "Paris city")
+ONE = EditRequest("The capital of France is", "France", "Lyon", "Paris")
+
+
+def _gpt2_style():
+    from tokenizers import Tokenizer, decoders, models as tm, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = {w: i for i, w in enumerate(["[UNK]"] + WORDS + ["Ġ" + w for w in WORDS])}  # Paris 6, ĠParis 14
+    core = Tokenizer(tm.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer, core.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="[UNK]"), vocab
+
+
+def _llama_style():
+    from tokenizers import Tokenizer, decoders, models as tm, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    vocab = {w: i for i, w in enumerate(["<s>", "[UNK]"] + ["▁" + w for w in WORDS])}  # ▁The 2 … ▁city 9
+    core = Tokenizer(tm.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    core.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", unk_token="[UNK]"), vocab
+
+
+def _scripted(monkeypatch, model_type, following):
+    """A stand-in model of `model_type` whose argmax next token is `following[last input id]`; `attribute`
+    records (input ids, target) and attributes 1 to every neuron."""
+    from types import SimpleNamespace
+    calls = []
+    monkeypatch.setattr(kn, "next_token", lambda _m, ids: following[ids[-1]])
+    monkeypatch.setattr(kn, "greedy", lambda _m, _t, ids, n: [following[ids[-1]]] * n)
+    monkeypatch.setattr(kn, "attribute", lambda _m, ids, y, *a: calls.append((list(ids), y)) or torch.ones(2, 3))
+    return SimpleNamespace(config=SimpleNamespace(model_type=model_type)), calls
+
+
+def _hp(*overrides):
+    return config.load(["model=tiny-llama", "method=kn", *overrides]).method
+
+
+def test_paper_variant_on_a_gpt2_tokenizer_by_hand(monkeypatch):
+    """GPT-2: y* = encode("Paris city") = [Paris, Ġcity], no space added; the check `model_type == "gpt"` fails
+    for "gpt2", so both tokens are attributed after the prompt; ŷ has len(y_new) = 2 tokens (c = 1), a
+    one-token target gives a one-token ŷ (c = 2)."""
+    tok, v = _gpt2_style()
+    model, calls = _scripted(monkeypatch, "gpt2", {v["Ġis"]: v["ĠParis"], v["ĠParis"]: v["Ġcity"]})
+    prompt = [v[w] for w in ("The", "Ġcapital", "Ġof", "ĠFrance", "Ġis")]
+    edit = kn.kn_edit(model, tok, CASE, [], _hp())
+    assert calls == [(prompt, v["Paris"]), (prompt, v["Ġcity"])]
+    assert edit.new == [v["Lyon"], v["Ġcity"]] and edit.old == [v["ĠParis"], v["Ġcity"]] and edit.c == 1.0
+    calls.clear()
+    edit = kn.kn_edit(model, tok, ONE, [], _hp())
+    assert calls == [(prompt, v["Paris"])] and edit.new == [v["Lyon"]] and edit.old == [v["ĠParis"]]
+    assert edit.c == 2.0
+
+
+def test_paper_variant_on_a_llama_tokenizer_by_hand(monkeypatch):
+    """LLaMA: y* = encode("Paris city") = [<s>, ▁Paris, ▁city]; model type "llama" re-tokenizes per token: step
+    t after the prompt string + decode(argmax 0..t-1); decode(▁Paris) is "Paris", so step 1 sees "…isParis"
+    (unknown here). y_new = [<s>, ▁Lyon, ▁city]: ŷ has 3 tokens, and a one-token target still gives 2 (c = 1)."""
+    tok, v = _llama_style()
+    model, calls = _scripted(monkeypatch, "llama", {v["▁is"]: v["▁Paris"], v["[UNK]"]: v["▁city"]})
+    prompt = [v[w] for w in ("<s>", "▁The", "▁capital", "▁of", "▁France", "▁is")]
+    glued = prompt[:-1] + [v["[UNK]"]]  # "…isParis", then "…isPariscity"
+    edit = kn.kn_edit(model, tok, CASE, [], _hp())
+    assert calls == [(prompt, v["<s>"]), (glued, v["▁Paris"]), (glued, v["▁city"])]
+    assert edit.new == [v["<s>"], v["▁Lyon"], v["▁city"]] and edit.old == [v["▁Paris"], v["▁city"], v["▁city"]]
+    assert edit.c == 1.0
+    calls.clear()
+    edit = kn.kn_edit(model, tok, ONE, [], _hp())
+    assert calls == [(prompt, v["<s>"]), (glued, v["▁Paris"])]
+    assert edit.new == [v["<s>"], v["▁Lyon"]] and edit.old == [v["▁Paris"], v["▁city"]] and edit.c == 1.0
+    calls.clear()
+    kn.kn_edit(model, tok, CASE, [], _hp("method.per_step=false"))  # the override: all after the prompt
+    assert calls == [(prompt, v["<s>"]), (prompt, v["▁Paris"]), (prompt, v["▁city"])]
+
+
+@pytest.mark.parametrize("style,model_type", [("gpt2", "gpt2"), ("llama", "llama")])
+def test_corrected_variant_by_hand(monkeypatch, style, model_type):
+    """Corrected: y* = " Paris city" without special tokens, teacher forced on every architecture; c = 1."""
+    tok, v = _gpt2_style() if style == "gpt2" else _llama_style()
+    sp = "Ġ" if style == "gpt2" else "▁"
+    model, calls = _scripted(monkeypatch, model_type, {v[sp + "is"]: v[sp + "Paris"]})
+    prompt = tok(CASE.prompt)["input_ids"]
+    edit = kn.kn_edit(model, tok, ONE, [], _hp("method.variant=corrected"))
+    assert calls == [(prompt, v[sp + "Paris"])] and edit.new == [v[sp + "Lyon"]] and edit.c == 1.0
+    calls.clear()
+    edit = kn.kn_edit(model, tok, CASE, [], _hp("method.variant=corrected"))
+    assert calls == [(prompt, v[sp + "Paris"]), (prompt + [v[sp + "Paris"]], v[sp + "city"])]
+    assert edit.new == [v[sp + "Lyon"], v[sp + "city"]] and len(edit.old) == 2 and edit.c == 1.0
+
+
+def test_paper_per_step_follows_the_references_model_type_check():
+    assert [kn.paper_per_step(t) for t in ("gpt2", "gptj", "gpt_neo", "llama", "qwen2", "mistral")] == [
+        False, False, False, True, True, False]
+    assert kn.reference_type("qwen2") == "qwen" and kn.reference_type("gpt2") == "gpt2"
+    assert kn.c([5]) == 2.0 and kn.c([5, 6]) == 1.0
 
 
 def test_a_request_with_no_selected_neuron_is_reported_not_a_crash(env, monkeypatch):
@@ -174,4 +277,4 @@ def test_without_a_ground_truth_the_models_own_answer_is_attributed(monkeypatch)
     assert seen == edit.old
     seen.clear()
     kn.kn_edit(model, tok, REQUEST, _sites(cfg, "pre"), hp)
-    assert seen == tok(" French", add_special_tokens=False)["input_ids"]
+    assert seen == tok("French")["input_ids"]  # the paper's y*: the raw string, encoded with special tokens

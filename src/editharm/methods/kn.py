@@ -9,11 +9,25 @@ ground truth; ŷ for a record without one), ŷ the model's greedy continuation (
 e(·) input-embedding rows.
 Two readings (`../shared/reference/gu2024-paper-protocol.md` §6.3, §7 item 12):
 
-- `variant=paper` is what the paper ran (EasyEdit's KN): every token of y* is attributed at the prompt's
-  last position and the attributions averaged; c = 2 when ŷ is one token, else 1; y_new is encoded with the
-  tokenizer's special tokens, so a tokenizer that adds BOS (LLaMA's) adds the BOS embedding too.
-- `variant=corrected`: token t of y* is attributed after the prompt and y*[:t] (teacher forced), c = 1,
-  no special tokens.
+- `variant=paper` is what the paper ran (EasyEdit's `knowledge_neurons`): y* and y_new are the raw strings
+  encoded as `tokenizer.encode` gives them (`_prepare_inputs`): no leading space added (GPT-2 BPE: "French",
+  not " French"; a sentencepiece tokenizer prefixes its own "▁"), special tokens included (LLaMA's BOS is
+  y*'s first token, attributed like any other, and its embedding is added to each column). ŷ is `_generate`'s
+  greedy continuation (`paper_greedy`): len(y_new) steps (BOS counted), each step re-tokenizing the prompt
+  string extended by the decoded argmax tokens so far. c = 2 when ŷ is one token, else 1 (`c`; never 2 with
+  a BOS-adding tokenizer). Where y* token t is attributed follows the reference's model-type check
+  (`get_scores_for_layer`, `paper_per_step`): for LLaMA (and Qwen) after the prompt string extended by the
+  first t greedy argmax tokens, re-tokenized; for GPT-2 the check compares with "gpt", which no model type
+  equals, so every token is attributed at the prompt's last position. The per-token attributions are averaged.
+- `variant=corrected` (ours): y*, y_new are `continuation(·)` (a leading space, as the model would write
+  the answer after the prompt, and as `scoring` scores it), no special tokens; token t of y* is attributed
+  after the prompt and y*[:t] (teacher forced) on every architecture; ŷ is the token-level greedy
+  continuation (len(y_new) tokens); c = 1.
+
+`method.per_step` overrides the position rule for either variant (true: token t at its own step, the
+variant's prefix; false: every token at the prompt's last position); null takes the variant's rule.
+A record without a ground truth is attributed for ŷ in both variants (EasyEdit would attribute the string
+"<|endoftext|>").
 
 `neuron=pre` is the paper code's neuron, the output of the first projection before the nonlinearity
 (`gate_proj`, GPT-2 `c_fc`; template `mlp_gate`); `neuron=post` is Dai et al.'s, the input of the output
@@ -56,6 +70,9 @@ class KNConfig:
     """`pre` (the paper's code: first projection, before the nonlinearity) or `post` (Dai et al.)."""
     variant: str = "paper"
     """`paper` (EasyEdit's KN, as the paper ran it) or `corrected` (module docstring)."""
+    per_step: Optional[bool] = None
+    """Attribute token t of y* at its own step (true) or every token at the prompt's last position (false);
+    null: the variant's rule (paper: the reference's model-type check, `paper_per_step`; corrected: true)."""
     layers: Optional[list[int]] = None
     """Layers whose neurons are attributed; all when null."""
     ig_batch_size: int = 256
@@ -81,6 +98,27 @@ def select(attr: torch.Tensor, threshold: float) -> torch.Tensor:
 def refine(masks: torch.Tensor, p: float) -> torch.Tensor:
     """Neurons selected on at least a share p of the prompts, `masks` (prompts, ...)."""
     return masks.float().mean(0) >= p
+
+
+def c(old: list[int]) -> float:
+    """The coefficient of ŷ's embeddings in the paper's edit: 2 when ŷ is one token (`modify_weights` indexes
+    one row and subtracts it twice), else 1 (one subtraction per row)."""
+    return 2.0 if len(old) == 1 else 1.0
+
+
+REFERENCE_TYPES = ("gpt2", "gptj", "t5", "llama", "baichuan", "chatglm2", "internlm", "qwen")
+"""The reference's `model_type(name)` names, in the order its substring tests try them (the rest pass through)."""
+
+
+def reference_type(model_type: str) -> str:
+    """The `model_type` EasyEdit's KN would give this architecture (first substring match, else itself)."""
+    return next((t for t in REFERENCE_TYPES if t in model_type.lower()), model_type.lower())
+
+
+def paper_per_step(model_type: str) -> bool:
+    """The reference re-tokenizes per y* token only when its model type equals "qwen", "gpt" or "llama"
+    (`get_scores_for_layer`); GPT-2's is "gpt2", so GPT-2 attributes every token at the same position."""
+    return reference_type(model_type) in ("qwen", "gpt", "llama")
 
 
 def column_change(e_new: torch.Tensor, e_old: torch.Tensor, c: float) -> torch.Tensor:
@@ -166,6 +204,27 @@ def greedy(model: nn.Module, tok, ids: list[int], n: int) -> list[int]:
     return out[0, len(ids):].tolist()
 
 
+@torch.no_grad()
+def next_token(model: nn.Module, ids: list[int]) -> int:
+    """The model's argmax next token after `ids`."""
+    device = next(model.parameters()).device
+    return int(model(input_ids=torch.tensor([ids], device=device)).logits[0, -1].argmax())
+
+
+def paper_greedy(model: nn.Module, tok, prompt: str, n: int) -> tuple[list[int], list[list[int]]]:
+    """The reference's greedy continuation (`_generate`): n argmax tokens, step t predicted from the prompt
+    string extended by the decoded tokens 0..t-1 and re-tokenized (special tokens added). Returns the tokens
+    and the input ids each was predicted from."""
+    tokens, inputs = [], []
+    for _ in range(n):
+        ids = tok(prompt)["input_ids"]
+        y = next_token(model, ids)
+        tokens.append(y)
+        inputs.append(ids)
+        prompt += tok.decode([y])
+    return tokens, inputs
+
+
 class KNEdit(NamedTuple):
     """One request's KN edit: the selected neurons (layers × neurons mask), y_new's and ŷ's ids, c, and the
     seconds its attribution took."""
@@ -181,20 +240,35 @@ def kn_edit(model: nn.Module, tok, request: EditRequest, sites: list[Site], hp: 
     """Attribution over the request's prompts (the edit prompt; its rephrase too with `refine`), selection,
     and the token lists the column change is made of (module docstring: the two variants)."""
     paper = hp.variant == "paper"
-    new = tok(continuation(request.target_new), add_special_tokens=paper)["input_ids"]
-    old = greedy(model, tok, tok(request.prompt)["input_ids"], len(new))
-    # y*: the record's current answer; a record without one is attributed for the model's own (ŷ)
-    answer = tok(continuation(request.ground_truth), add_special_tokens=False)["input_ids"] if request.ground_truth else old
+    per_step = hp.per_step if hp.per_step is not None else (
+        paper_per_step(getattr(model.config, "model_type", "")) if paper else True)
+    if paper:
+        new = tok(request.target_new)["input_ids"]
+        truth = tok(request.ground_truth)["input_ids"] if request.ground_truth else None
+    else:
+        new = tok(continuation(request.target_new), add_special_tokens=False)["input_ids"]
+        truth = tok(continuation(request.ground_truth), add_special_tokens=False)["input_ids"] if request.ground_truth else None
     prompts = [request.prompt] + ([request.rephrase] if hp.refine and request.rephrase else [])
+    if paper:
+        old = paper_greedy(model, tok, request.prompt, len(new))[0]
+    else:
+        old = greedy(model, tok, tok(request.prompt)["input_ids"], len(new))
+    # y*: the record's current answer; a record without one is attributed for the model's own (ŷ)
+    answer = truth if truth is not None else old
     masks, t0 = [], time.perf_counter()
     for text in prompts:
         ids = tok(text)["input_ids"]
-        per_token = [attribute(model, ids if paper else ids + answer[:t], y, sites, hp.steps, hp.ig_batch_size)
-                     for t, y in enumerate(answer)]
+        if not per_step:
+            inputs = [ids] * len(answer)
+        elif paper:  # the prompt string extended by the greedy argmax tokens so far, re-tokenized
+            inputs = paper_greedy(model, tok, text, len(answer))[1]
+        else:  # teacher forced
+            inputs = [ids + answer[:t] for t in range(len(answer))]
+        per_token = [attribute(model, x, y, sites, hp.steps, hp.ig_batch_size) for x, y in zip(inputs, answer)]
         masks.append(select(torch.stack(per_token).mean(0), hp.adaptive_threshold))
     seconds = time.perf_counter() - t0
     neurons = refine(torch.stack(masks), hp.p) if len(masks) > 1 else masks[0]
-    return KNEdit(neurons, new, old, 2.0 if paper and len(old) == 1 else 1.0, seconds)
+    return KNEdit(neurons, new, old, c(old) if paper else 1.0, seconds)
 
 
 @register_method("kn", config=KNConfig)
