@@ -5,11 +5,11 @@ import torch
 
 from editharm import config, deltas as D, models
 from editharm.errors import ConfigError
-from editharm.methods.mend import gradient_factors, inner_modules, mend_deltas, new_spec, patched
-from editharm.methods.mend_net import NORM_EPS, MENDNet, RunningNorm
+from editharm.methods.mend import L_edit, gradient_factors, inner_modules, mend_deltas, new_spec, patched
+from editharm.methods.mend_net import NORM_EPS, Editor, LowRankBlock, MENDNet, RunningNorm
 from editharm.nethook import get_parameter
 from editharm.runs import edit, train_mend
-from editharm.scoring import encode_pairs, mean_nll
+from editharm.scoring import encode_pairs, mean_nll, token_logprobs
 from tests.conftest import client
 
 PROMPTS, TARGETS = ["The capital of Kenya is", "Miles Davis plays the"], ["Lagos", "violin"]
@@ -21,17 +21,22 @@ def setup(model_name: str, *overrides: str):
     return cfg, model, tok, inner_modules(cfg)
 
 
-def true_gradients(model, tok, inner):
+def true_gradients(model, tok, inner, reduction="token"):
+    """∇W of the batch's NLL: Σ over all target tokens / their number (`token`, MEND's), or the mean of each
+    example's per-token mean (`example`)."""
     ids, mask, labels = encode_pairs(tok, PROMPTS, TARGETS)
     weights = [get_parameter(model, p) for p in inner]
-    return dict(zip(inner, torch.autograd.grad(mean_nll(model, ids, mask, labels), weights)))
+    loss = -token_logprobs(model, ids, mask, labels)[0].mean() if reduction == "token" else mean_nll(model, ids, mask, labels)
+    return dict(zip(inner, torch.autograd.grad(loss, weights)))
 
 
 @pytest.mark.parametrize("model_name", ["tiny-llama", "tiny-gpt2"])
 def test_untrained_editor_gives_alpha_times_the_gradient(model_name):
     """U = 0 and no normalisation statistics yet: g is the identity, so ΔW = −α ∇W exactly, in the stored
-    layout (GPT-2's Conv1D transposed), for the batch's summed gradient."""
+    layout (GPT-2's Conv1D transposed), for the gradient of the batch's NLL per target token (MEND's); with
+    `reduction=example`, of its NLL per example (the two targets have unequal token counts, so they differ)."""
     cfg, model, tok, inner = setup(model_name)
+    assert len(set(int(c) for c in encode_pairs(tok, PROMPTS, TARGETS)[2].ne(-100).sum(1))) == 2  # unequal lengths
     net = MENDNet(new_spec(cfg, model, "x")).eval()
     with torch.no_grad():
         for i, _ in enumerate(inner):
@@ -41,6 +46,11 @@ def test_untrained_editor_gives_alpha_times_the_gradient(model_name):
     for i, p in enumerate(inner):
         assert got[p].shape == get_parameter(model, p).shape
         torch.testing.assert_close(got[p], -0.1 * (i + 1) * grads[p], rtol=1e-4, atol=1e-7)
+    per_example = mend_deltas(net, model, inner, gradient_factors(model, tok, inner, PROMPTS, TARGETS, "example"))
+    grads = true_gradients(model, tok, inner, "example")
+    for i, p in enumerate(inner):
+        torch.testing.assert_close(per_example[p], -0.1 * (i + 1) * grads[p], rtol=1e-4, atol=1e-7)
+        assert not torch.allclose(per_example[p], got[p], rtol=1e-3, atol=0)
     net.spec.descent = False  # MEND's own sign convention: the update is added
     flipped = mend_deltas(net, model, inner, gradient_factors(model, tok, inner, PROMPTS, TARGETS))
     assert all(torch.equal(flipped[p], -got[p]) for p in inner)
@@ -136,8 +146,10 @@ def test_training_lowers_validation_loss_and_keeps_the_best_network(env):
     assert all(torch.equal(before[n], p) and p.grad is None and p.requires_grad for n, p in model.named_parameters())
     run = client().get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["kind"] == "train-mend"
-    assert run.data.tags["data.dropped_eval_overlap"] == "1"  # the CounterFact train prompt in the edit split
+    assert run.data.tags["mend.data"] == "zsre->zsre/train"  # zsRE's train file, validated on a slice held out of it
+    assert run.data.tags["data.dropped_eval_overlap"] == "0" and run.data.tags["data.selected_on_eval"] == "0"
     assert run.data.tags["data.skipped_empty_target"] == "1"
+    assert (run.data.tags["data.n_train"], run.data.tags["data.n_val"]) == ("2", "1")
     history = sorted(client().get_metric_history(run_id, "val/loss"), key=lambda m: m.step)
     nll = [m.value for m in sorted(client().get_metric_history(run_id, "val/edit_nll"), key=lambda m: m.step)]
     assert len(nll) == 4 and min(nll[1:]) < nll[0]  # trained validations beat the untrained editor's
@@ -228,6 +240,9 @@ def test_auto_trains_a_nested_run_once_then_reuses_it(env):
     (["method.train.edit_loss_on=both"], ["method.train.edit_loss_on", "rephrase, prompt"]),
     (["method.modules=[attention]"], ["not weight templates", "mlp_out"]),
     (["method.rank=0"], ["method.rank must be >= 1"]),
+    (["method.relu=last"], ["method.relu='last' is not valid", "all, hidden"]),
+    (["method.v_init=he"], ["method.v_init='he' is not valid", "randn, xavier"]),
+    (["method.reduction=sum"], ["method.reduction='sum' is not valid", "token, example"]),
 ])
 def test_bad_mend_input_fails_before_compute(capsys, env, overrides, words):
     from tests.test_cli import _fails
@@ -245,14 +260,15 @@ def test_training_data_without_paraphrase_or_locality_is_refused(capsys, env, tm
     shutil.copytree(env, data)
     write_jsonl(data / "counterfact" / "counterfact-train.jsonl",
                 [{"case_id": 1, "prompt": "Rome is in", "subject": "Rome", "target_new": "Spain"}])
-    _fails(capsys, ["train-mend", "model=tiny-llama", f"data_dir={data}"], "needs a paraphrase and a locality",
+    _fails(capsys, ["train-mend", "model=tiny-llama", f"data_dir={data}", "method.train.datasets=[zsre,counterfact]"],
+           "needs a paraphrase and a locality",
            "counterfact-train.jsonl")
 
 
 def test_editing_a_training_record_is_refused(capsys, env, tmp_path):
     from tests.test_cli import _fails
 
-    run_id = _train("method.train.max_iters=2", "method.train.val_every=2")
+    run_id = _train("method.train.max_iters=2", "method.train.val_every=2", "method.train.datasets=[zsre,counterfact]")
     path = tmp_path / "edits.jsonl"
     path.write_text('{"prompt": "The capital of Kenya is", "subject": "Kenya", "target_new": "Accra"}\n')
     _fails(capsys, ["edit", "method=mend", "model=tiny-llama", "tasks.names=[]", "edits.n=1", f"edits.dataset={path}",
@@ -284,9 +300,105 @@ def test_training_losses_by_hand_with_a_zero_update():
         net.alpha.zero_()
     out = module.losses(batch)
     assert out["loc_kl"].abs().item() < 1e-6 and out["loc_acc"].item() == 1.0
-    base_nll = [s.nll for s in score(model, tok, [r.rephrase for r in batch], [r.target_new for r in batch])]
-    assert out["edit_nll"].item() == pytest.approx(sum(base_nll) / 2, rel=1e-5)
+    scores = score(model, tok, [r.rephrase for r in batch], [r.target_new for r in batch])
+    n = [len(s.predicted) for s in scores]
+    assert n[0] != n[1]  # unequal target lengths: the per-token and the per-example mean differ
+    per_token = sum(s.nll * k for s, k in zip(scores, n)) / sum(n)  # MEND: Σ NLL over all target tokens / their number
+    assert out["edit_nll"].item() == pytest.approx(per_token, rel=1e-5)
+    assert out["edit_nll"].item() != pytest.approx(sum(s.nll for s in scores) / 2, rel=1e-3)
+    module.reduction = "example"
+    assert module.losses(batch)["edit_nll"].item() == pytest.approx(sum(s.nll for s in scores) / 2, rel=1e-5)
+    module.reduction = "token"
     with torch.no_grad():
         net.alpha.fill_(1.0)
     moved = module.losses(batch)
     assert moved["loc_kl"].item() > 1e-4 and moved["edit_nll"].item() != pytest.approx(out["edit_nll"].item())
+
+
+def test_L_edit_by_hand_on_two_examples_of_unequal_length():
+    """log p = (−1 | −2, −3): per token (MEND's `multiclass_log_probs`) 6/3 = 2; per example (1 + 2.5)/2 = 1.75."""
+    logp, counts = torch.tensor([-1.0, -2.0, -3.0]), torch.tensor([1, 2])
+    assert L_edit(logp, counts).item() == pytest.approx(2.0)
+    assert L_edit(logp, counts, "example").item() == pytest.approx(1.75)
+    with pytest.raises(ConfigError, match="method.reduction"):
+        L_edit(logp, counts, "sum")
+
+
+def test_V_at_init_is_standard_normal_as_in_mends_LRLinear():
+    """MEND's `LRLinear(init="id")`: U = 0, V = torch.randn (std 1, unscaled). 64 × 4,000 entries: std within 1 %.
+    Xavier (the named option) would give √(2/4064) ≈ 0.022."""
+    torch.manual_seed(0)
+    block = LowRankBlock(4000, 64, n_modes=2, relu=True)
+    assert torch.equal(block.U, torch.zeros(4000, 64))
+    assert block.V.std().item() == pytest.approx(1.0, abs=0.01) and abs(block.V.mean().item()) < 0.01
+    xavier = LowRankBlock(4000, 64, n_modes=2, relu=True, v_init="xavier")
+    assert xavier.V.std().item() == pytest.approx((2 / 4064) ** 0.5, rel=0.02)
+    cfg, model, _, _ = setup("tiny-llama")
+    spec = new_spec(cfg, model, "x")
+    assert (spec.v_init, spec.relu) == ("randn", "all")  # the defaults, from method/mend.yaml
+    with pytest.raises(ConfigError, match="method.v_init='he'"):
+        LowRankBlock(8, 2, 1, True, v_init="he")
+
+
+@pytest.mark.parametrize("relu,expected", [("all", [1.0, 2.0]), ("hidden", [-1.0, 0.0])])
+def test_relu_on_every_block_as_in_mends_LRLinear(relu, expected):
+    """Two blocks (n_hidden = 1) on h = [x; δ] = [1, 2]; the first is the identity (U = 0), the last has U = [1, 1]ᵀ,
+    V = [1, 1], b = −5: pre-activation 3 − 5 = −2 per dimension. MEND's `LRLinear` clamps it at 0 on every block
+    (its `relu` argument is never read), so h passes unchanged; `relu=hidden` leaves the last block linear: h − 2.
+    A positive pre-activation (h = [3, 4]: 7 − 5 = 2) is added either way."""
+    editor = Editor(1, 1, rank=1, n_hidden=1, n_modes=1, norm=False, relu=relu)
+    with torch.no_grad():
+        last = editor.blocks[1]
+        last.U.fill_(1.0), last.V.fill_(1.0), last.b.fill_(-5.0)
+    x, d = editor(torch.tensor([[1.0]]), torch.tensor([[2.0]]), 0)
+    assert [x.item(), d.item()] == expected
+    x, d = editor(torch.tensor([[3.0]]), torch.tensor([[4.0]]), 0)
+    assert [x.item(), d.item()] == [5.0, 6.0]
+
+
+def test_a_network_saved_before_v_init_and_relu_is_refused_unless_configured_so(env, tmp_path):
+    """An old `mend.json` has neither field: it was built with Xavier V and a linear last block, loads so, and the
+    architecture check names both; configured to match, it loads and runs its last block without the ReLU."""
+    import json
+
+    from editharm.methods import mend_store
+
+    cfg, model, _, _ = setup("tiny-llama")
+    folder = MENDNet(new_spec(cfg, model, models.identity(cfg.model))).save(tmp_path / "old")
+    spec = json.loads((folder / "mend.json").read_text())
+    assert (spec["v_init"], spec["relu"]) == ("randn", "all")  # a new network records both
+    del spec["v_init"], spec["relu"]
+    (folder / "mend.json").write_text(json.dumps(spec))
+    with pytest.raises(ConfigError, match=r"method.v_init=xavier \(configured: randn\), method.relu=hidden "
+                                          r"\(configured: all\)"):
+        mend_store.load(config.load(["method=mend", "model=tiny-llama", f"method.hypernetwork={folder}"]), model)
+    old, _ = mend_store.load(config.load(["method=mend", "model=tiny-llama", f"method.hypernetwork={folder}",
+                                          "method.v_init=xavier", "method.relu=hidden"]), model)
+    assert [b.relu for e in old.editors.values() for b in e.blocks] == [True, False] * len(old.editors)
+
+
+def test_training_data_selection(env):
+    """Default: zsRE's train file (3 usable records: 1 empty target skipped), `n_val` = 1 record held out of it and
+    not trained on. The paper's choice (`val_split=edit`): validation on the zsRE edit set itself, flagged. With
+    CounterFact added: its train records too, less the one whose prompt is in its edit split."""
+    from tests.conftest import COUNTERFACT_TRAIN, ZSRE, ZSRE_TRAIN
+    from editharm.methods.mend_data import training_data
+
+    usable = {r["src"] for r in ZSRE_TRAIN if r["alt"]}
+    cfg = config.load(["method=mend", "model=tiny-llama"])
+    train, val, counts = training_data(cfg, env)
+    assert len(val) == 1 and val[0].prompt in usable
+    assert {r.prompt for r in train} == usable - {val[0].prompt}
+    assert counts == {"skipped_empty_target": 1, "dropped_eval_overlap": 0, "selected_on_eval": 0,
+                      "n_train": 2, "n_val": 1}
+    assert training_data(cfg, env)[1][0].prompt == val[0].prompt  # seeded
+
+    paper = config.load(["method=mend", "model=tiny-llama", "method.train.val_split=edit", "method.train.n_val=2"])
+    train, val, counts = training_data(paper, env)
+    assert [r.prompt for r in val] == [r["src"] for r in ZSRE[:2]]
+    assert {r.prompt for r in train} == usable and counts["selected_on_eval"] == 1
+
+    both = config.load(["method=mend", "model=tiny-llama", "method.train.datasets=[zsre,counterfact]"])
+    train, val, counts = training_data(both, env)
+    assert val[0].prompt in usable and counts["dropped_eval_overlap"] == 1
+    assert {r.prompt for r in train} == (usable - {val[0].prompt}) | {r["prompt"] for r in COUNTERFACT_TRAIN[1:]}

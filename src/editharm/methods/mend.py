@@ -6,8 +6,9 @@
 The hypernetwork is trained by `MENDTraining` (`methods/mend_train.py`, `editharm train-mend`) and named by
 `method.hypernetwork`: `runs:/<id>/mend`, a local folder, or `auto` (the newest finished train-mend run for this
 model and these inner parameters, trained first as a nested run when there is none). A batch is edited as
-MEND does: the hypernetwork applied to the batch's summed gradient (every target token of every request).
-Padded label positions never enter the loss.
+MEND does: the hypernetwork applied to the gradient of the batch's mean NLL over its target tokens (every target
+token of every request weighs the same, as MEND's `multiclass_log_probs`; `method.reduction=example` instead
+weighs each request the same). Padded label positions never enter the loss.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from torch.func import functional_call
 from editharm.deltas import Deltas
 from editharm.errors import ConfigError
 from editharm.methods._shared import frozen
-from editharm.methods.mend_net import MENDNet, MENDSpec
+from editharm.methods.mend_net import RELUS, V_INITS, MENDNet, MENDSpec
 from editharm.module import EditModule
 from editharm.nethook import get_module, get_parameter, is_transposed, linear_weight
 from editharm.registry import register_method
@@ -30,20 +31,28 @@ from editharm.scoring import encode_pairs, logits_logprobs, mean_example_nll
 
 EDIT_LOSS_ON = ("rephrase", "prompt")
 MONITORS = {"loss": "min", "edit_success": "max"}  # train.monitor -> ModelCheckpoint/EarlyStopping mode
+REDUCTIONS = ("token", "example")
 
 
 @dataclass
 class MENDTrainConfig:
     """Hypernetwork training (`editharm train-mend`): data, losses and the Trainer's budget."""
 
-    datasets: list[str] = field(default_factory=lambda: ["zsre", "counterfact"])
-    """Edit datasets whose `train` split is trained on (records need a paraphrase and a locality pair)."""
+    datasets: list[str] = field(default_factory=lambda: ["zsre"])
+    """Edit datasets whose `train` split is trained on (records need a paraphrase and a locality pair). zsRE's MEND
+    train file, as the paper (`train_MEND.py`); `[zsre, counterfact]` adds CounterFact's train split."""
     n_train: Optional[int] = None
     """Training records drawn (seeded) from all of them; null: all."""
-    val_dataset: str = "counterfact"
-    val_split: str = "val"
+    val_dataset: str = "zsre"
+    val_split: str = "train"
+    """Where validation records (which pick the logged network and stop training) come from. `train` (ours): `n_val`
+    records drawn (seeded) from `val_dataset`'s train split and left out of training. `edit`: the evaluation edit
+    set; `val_dataset=zsre val_split=edit` is the paper's choice (`train_MEND.py` validates on `zsre_mend_eval.json`,
+    of which our zsRE edit set is the paper's 1,037-record subset): a network selected on the records it is then
+    evaluated on, tagged so (`mend.data`) and never picked by `auto` for another data choice. `val`: a split of
+    its own (CounterFact)."""
     n_val: int = 100
-    """Held-out records of each validation."""
+    """Validation records."""
     max_iters: int = 100000
     """Training examples (edits) at most, as EasyEdit's `max_iters`; optimizer steps = max_iters / accumulate."""
     max_minutes: Optional[float] = None
@@ -62,6 +71,7 @@ class MENDTrainConfig:
     patience: int = 20
     """Early stopping: validations without a better monitored value."""
     c_edit: float = 0.1
+    """Weight of L_edit, the target NLL after the edit (averaged as `method.reduction`)."""
     c_loc: float = 1.0
     edit_loss_on: str = "rephrase"
     """`rephrase` (MEND: the target's NLL on the paraphrase) or `prompt` (the paper's fork: on the edit input)."""
@@ -90,6 +100,16 @@ class MENDConfig:
     descent: bool = True
     """ΔW = −α·g(∇W) (the untrained editor is a normalised gradient step); false: +α·g(∇W) as MEND's code."""
     norm: bool = True
+    v_init: str = "randn"
+    """V of every editor block at init: `randn` (N(0, 1), MEND's `LRLinear`) or `xavier` (our former default: Adam then
+    moves g away from the identity 1/std_V as fast, 34-70x slower at our ranks); part of a network's architecture."""
+    relu: str = "all"
+    """`all`: a ReLU on every editor block, as MEND's `LRLinear` (it ignores its `relu` argument); `hidden`: the last
+    block linear (our former reading of `IDMLP`); part of a network's architecture."""
+    reduction: str = "token"
+    """How a batch's target NLL is averaged, for the edit gradient and for training's L_edit: `token`, the mean over
+    all target tokens of the batch (MEND's `multiclass_log_probs`); `example`, the mean of each example's
+    per-token mean. They differ only for batches whose targets have unequal lengths."""
     train: MENDTrainConfig = field(default_factory=MENDTrainConfig)
 
 
@@ -106,8 +126,23 @@ def inner_modules(cfg) -> dict[str, str]:
 def new_spec(cfg, model: nn.Module, identity: str) -> MENDSpec:
     inner, m = inner_modules(cfg), cfg.method
     dims = {p: list(linear_weight(model, mod).shape[::-1]) for p, mod in inner.items()}
+    for key, value, valid in (("v_init", m.v_init, V_INITS), ("relu", m.relu, RELUS),
+                              ("reduction", m.reduction, REDUCTIONS)):
+        if value not in valid:
+            raise ConfigError(f"method.{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
     return MENDSpec(params=list(inner), dims=dims, rank=m.rank, n_hidden=m.n_hidden, edit_lr=m.edit_lr,
-                    descent=m.descent, norm=m.norm, model_identity=identity)
+                    descent=m.descent, norm=m.norm, v_init=m.v_init, relu=m.relu, model_identity=identity)
+
+
+def L_edit(logp: torch.Tensor, counts: torch.Tensor, reduction: str = "token") -> torch.Tensor:
+    """The batch's target NLL from `logits_logprobs`' `(logp, counts)`. `token`: −Σ log p / (number of target
+    tokens), MEND's `multiclass_log_probs` (`nll = −Σ log p·mask / Σ mask` over the whole batch); `example`: the
+    mean over examples of each example's per-token mean NLL."""
+    if reduction == "token":
+        return -logp.mean()
+    if reduction == "example":
+        return mean_example_nll(logp, counts)
+    raise ConfigError(f"method.reduction={reduction!r} is not valid; choose one of: {', '.join(REDUCTIONS)}")
 
 
 def patched(model: nn.Module, weights: dict[str, torch.Tensor]) -> Callable:
@@ -133,24 +168,25 @@ def _capture(model: nn.Module, inner: dict[str, str]):
 
 
 def gradient_factors(model: nn.Module, tok, inner: dict[str, str], prompts: list[str], targets: list[str],
-                     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per inner parameter, the rows (x_t, δ_t) of ∇W = Σ_t δ_t x_tᵀ for the mean target NLL of `prompts` →
-    `targets`, over the tokens that carry gradient (not padding, not after the last target token).
+                     reduction: str = "token") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per inner parameter, the rows (x_t, δ_t) of ∇W = Σ_t δ_t x_tᵀ for the target NLL `L_edit` of `prompts` →
+    `targets` (averaged as `reduction`), over the tokens that carry gradient (not padding, not after the last
+    target token).
 
     Leaves the model untouched: its own weights are replaced by detached copies for the one forward pass."""
     ids, mask, labels = encode_pairs(tok, prompts, targets, next(model.parameters()).device)
-    return factors_of(model, inner, ids, mask, labels)[0]
+    return factors_of(model, inner, ids, mask, labels, reduction)[0]
 
 
 def factors_of(model: nn.Module, inner: dict[str, str], ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
-               ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+               reduction: str = "token") -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
     """`gradient_factors` of encoded rows, and the pass's logits (detached). Rows without target labels add
     nothing to the loss, so their tokens carry no gradient: they ride along for their logits."""
     leaves = {p: get_parameter(model, p).detach().requires_grad_(True) for p in inner}
     with frozen(model), torch.enable_grad(), _capture(model, inner) as seen:
         logits = patched(model, leaves)(input_ids=ids, attention_mask=mask).logits
         logp, _, counts = logits_logprobs(logits, labels)
-        loss = mean_example_nll(logp, counts)
+        loss = L_edit(logp, counts, reduction)
         grads = torch.autograd.grad(loss, [seen[p][1] for p in inner])
     rows = mask.bool().flatten()
     out = {}
@@ -172,12 +208,13 @@ def mend_deltas(net: MENDNet, model: nn.Module, inner: dict[str, str],
     return out
 
 
-ARCH = ("rank", "n_hidden", "descent", "norm")  # edit_lr only initialises α: not part of a trained network
+ARCH = ("rank", "n_hidden", "descent", "norm", "v_init", "relu")  # edit_lr only initialises α: not architecture
 
 
 def check_compatible(spec: MENDSpec, expected: MENDSpec, where: str) -> None:
     """Refuse a hypernetwork trained for another model, other inner parameters or another architecture (the
-    configured `method.rank`, `n_hidden`, `descent`, `norm`), saying which."""
+    configured `method.rank`, `n_hidden`, `descent`, `norm`, `v_init`, `relu`), saying which. A network saved
+    before `v_init`/`relu` were recorded loads as built (`xavier`, `hidden`) and is refused unless configured so."""
     if spec.model_identity != expected.model_identity:
         raise ConfigError(f"the MEND hypernetwork {where} was trained for model {spec.model_identity!r}, not "
                           f"{expected.model_identity!r}; train one for this model (`editharm train-mend model=...`)")
@@ -221,6 +258,6 @@ class MEND(EditModule):
     def compute_deltas(self, requests) -> Deltas:
         self._net[0].to(next(self.model.parameters()).device)  # Lightning moves the model, not the network
         factors = gradient_factors(self.model, self.tokenizer, self.inner, [r.prompt for r in requests],
-                                   [r.target_new for r in requests])
+                                   [r.target_new for r in requests], self.cfg.method.reduction)
         with torch.no_grad():
             return {p: d.detach() for p, d in mend_deltas(self._net[0], self.model, self.inner, factors).items()}

@@ -9,8 +9,13 @@ For an inner weight W (out × in) and a loss L, the gradient is ∇W = Σ_t δ_t
     dW = net.update(name, x, delta)      # (out, in); x: (T, in), delta: (T, out)
 
 One `Editor` per weight shape, shared by the layers of that shape, each layer with its own scale/shift ("mode")
-and its own learnable α. The editor's blocks are h ← h + act((U V h + b) ⊙ s_l + t_l), U = 0 at init so that g
-starts as the identity; as in MEND's code (`IDMLP`), the `n_hidden` blocks apply a ReLU and the last is linear.
+and its own learnable α. The editor has `n_hidden` + 1 blocks h ← h + max(0, (U V h + b) ⊙ s_l + t_l), U = 0
+at init so that g starts as the identity, V ~ N(0, 1) (`v_init="randn"`). That is what MEND's code does
+(`nn.py`/EasyEdit `local_nn.py`, `LRLinear` with `init="id"`): `IDMLP` passes `relu=idx < n_hidden`, but
+`LRLinear` never stores or reads that argument and clamps every block's pre-activation at 0 (`relu="all"`).
+Options, not the reference: `relu="hidden"` (the last block linear) and `v_init="xavier"` (Xavier-uniform V,
+still U = 0 and the residual; not MEND's `init="xavier"`, which drops both) are what networks saved before
+these fields existed were built with; their spec files lack the fields and load with those values.
 """
 from __future__ import annotations
 
@@ -26,6 +31,10 @@ from editharm.errors import ConfigError
 
 NORM_EPS = 1e-7
 SPEC_FILE = "mend.json"
+V_INITS = ("randn", "xavier")
+RELUS = ("all", "hidden")
+LEGACY = {"v_init": "xavier", "relu": "hidden"}
+"""What a saved spec without these fields was built with (before they existed)."""
 WEIGHTS_FILE = "mend.safetensors"
 
 
@@ -63,13 +72,25 @@ class RunningNorm(nn.Module):
         return (x - self.mean.to(x.dtype)) / (self.std().to(x.dtype) + NORM_EPS)
 
 
-class LowRankBlock(nn.Module):
-    """h ← h + act((U V h + b) ⊙ s_mode + t_mode), U = 0 at init (the identity), V Xavier-initialised."""
+def init_V(rank: int, dim: int, how: str) -> torch.Tensor:
+    """V (rank × dim) at init. `randn`: N(0, 1) entries, unscaled, as MEND's `LRLinear` (`torch.randn`); with U = 0
+    and Adam's step on U of about `lr` per entry, V's scale sets how fast g moves away from the identity.
+    `xavier`: Xavier-uniform (std √(2/(rank + dim)), e.g. 0.014 at rank 1920 of 8,000), our former default."""
+    if how == "randn":
+        return torch.randn(rank, dim)
+    if how == "xavier":
+        return nn.init.xavier_uniform_(torch.empty(rank, dim))
+    raise ConfigError(f"method.v_init={how!r} is not valid; choose one of: {', '.join(V_INITS)}")
 
-    def __init__(self, dim: int, rank: int, n_modes: int, relu: bool):
+
+class LowRankBlock(nn.Module):
+    """h ← h + act((U V h + b) ⊙ s_mode + t_mode), U = 0 at init (the identity), V from `init_V`; act = max(0, ·)
+    when `relu`, else the identity."""
+
+    def __init__(self, dim: int, rank: int, n_modes: int, relu: bool, v_init: str = "randn"):
         super().__init__()
         self.U = nn.Parameter(torch.zeros(dim, rank))
-        self.V = nn.Parameter(nn.init.xavier_uniform_(torch.empty(rank, dim)))
+        self.V = nn.Parameter(init_V(rank, dim, v_init))
         self.b = nn.Parameter(torch.zeros(dim))
         self.scale = nn.Parameter(torch.ones(n_modes, dim))
         self.shift = nn.Parameter(torch.zeros(n_modes, dim))
@@ -83,13 +104,16 @@ class LowRankBlock(nn.Module):
 class Editor(nn.Module):
     """g for one weight shape: normalise x and δ, run the blocks on [x̂; δ̂], split back into (x̃, δ̃)."""
 
-    def __init__(self, d_in: int, d_out: int, rank: int, n_hidden: int, n_modes: int, norm: bool):
+    def __init__(self, d_in: int, d_out: int, rank: int, n_hidden: int, n_modes: int, norm: bool,
+                 v_init: str = "randn", relu: str = "all"):
         super().__init__()
+        if relu not in RELUS:
+            raise ConfigError(f"method.relu={relu!r} is not valid; choose one of: {', '.join(RELUS)}")
         self.d_in = d_in
         self.norm_x = RunningNorm(d_in) if norm else None
         self.norm_delta = RunningNorm(d_out) if norm else None
-        self.blocks = nn.ModuleList(LowRankBlock(d_in + d_out, rank, n_modes, relu=i < n_hidden)
-                                    for i in range(n_hidden + 1))
+        self.blocks = nn.ModuleList(LowRankBlock(d_in + d_out, rank, n_modes, relu=relu == "all" or i < n_hidden,
+                                                 v_init=v_init) for i in range(n_hidden + 1))
 
     def forward(self, x: torch.Tensor, delta: torch.Tensor, mode: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.norm_x is not None:
@@ -115,6 +139,10 @@ class MENDSpec:
     descent: bool = True
     """Subtract the update (MEND's code adds it and lets g and α learn the sign)."""
     norm: bool = True
+    v_init: str = "randn"
+    """V at init: `randn` (N(0, 1), MEND's `LRLinear`) or `xavier` (ours before; see `init_V`)."""
+    relu: str = "all"
+    """Blocks with a ReLU: `all` (MEND's `LRLinear` clamps every block) or `hidden` (the last block linear)."""
     model_identity: str = ""
     meta: dict = field(default_factory=dict)
     """Free-form provenance (training run, data sizes), saved as given."""
@@ -136,7 +164,8 @@ class MENDNet(nn.Module):
             shapes.setdefault(spec.shape_key(p), []).append(p)
             self.modes[p] = len(shapes[spec.shape_key(p)]) - 1
         self.editors = nn.ModuleDict({
-            key: Editor(*spec.dims[members[0]], spec.rank, spec.n_hidden, len(members), spec.norm)
+            key: Editor(*spec.dims[members[0]], spec.rank, spec.n_hidden, len(members), spec.norm, spec.v_init,
+                        spec.relu)
             for key, members in shapes.items()})
         self.alpha = nn.Parameter(torch.full((len(spec.params),), float(spec.edit_lr)))
 
@@ -158,6 +187,7 @@ class MENDNet(nn.Module):
         folder = Path(folder)
         if not (folder / SPEC_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
             raise ConfigError(f"{folder} is not a MEND hypernetwork (it needs {SPEC_FILE} and {WEIGHTS_FILE})")
-        net = cls(MENDSpec(**json.loads((folder / SPEC_FILE).read_text(encoding="utf-8"))))
+        fields = json.loads((folder / SPEC_FILE).read_text(encoding="utf-8"))
+        net = cls(MENDSpec(**{**LEGACY, **fields}))  # a spec saved before v_init/relu existed: built as LEGACY
         net.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
         return net.eval()

@@ -3,8 +3,8 @@
     resolve(cfg, model, tok, logger)   # before any compute: cfg.method.hypernetwork becomes concrete
     net, trained_on = load(cfg, model) # checked against this model and these inner parameters
 
-`auto` picks the newest FINISHED `train-mend` run of the tracking store tagged with this model identity and
-these inner parameters; with none (and `method.auto_train`), it trains one first as a run nested in the edit run.
+`auto` picks the newest FINISHED `train-mend` run of the tracking store tagged with this model identity, these
+inner parameters, this architecture and this data choice (`mend.data`); with none (and `method.auto_train`), it trains one first as a run nested in the edit run.
 """
 from __future__ import annotations
 
@@ -28,6 +28,13 @@ def arch_tag(spec) -> str:
     return ",".join(f"{k}={getattr(spec, k)}" for k in ARCH)
 
 
+def data_tag(cfg) -> str:
+    """The training data choice, as a run tag `auto` matches on: `zsre->zsre/train` (trained on zsRE's train file,
+    validated on records held out of it), `zsre->zsre/edit` (the paper's: validated on the evaluation set)."""
+    t = cfg.method.train
+    return f"{'+'.join(t.datasets)}->{t.val_dataset}/{t.val_split}"
+
+
 def resolve(cfg, model, tok, logger) -> None:
     """Make `cfg.method.hypernetwork` a `runs:/` URI or a folder, training one when `auto` finds none."""
     m = cfg.method
@@ -37,13 +44,14 @@ def resolve(cfg, model, tok, logger) -> None:
                           "mend.safetensors, or auto")
     if spec == "auto":
         wanted = {"kind": "train-mend", "model_identity": models.identity(cfg.model), "mend.params": params_tag(cfg),
-                  "mend.arch": arch_tag(new_spec(cfg, model, models.identity(cfg.model)))}
+                  "mend.arch": arch_tag(new_spec(cfg, model, models.identity(cfg.model))), "mend.data": data_tag(cfg)}
         found = tracking.find_runs(wanted, tracking.tracking_uri(cfg))
         if found:
             spec = f"runs:/{found[0]}/{ARTIFACT}"
         elif not m.auto_train:
             raise ConfigError(f"method.hypernetwork=auto found no finished train-mend run for model "
-                              f"{cfg.model.name}, these inner parameters and this architecture in "
+                              f"{cfg.model.name}, these inner parameters, this architecture and this data choice "
+                          f"({data_tag(cfg)}) in "
                               f"{tracking.tracking_uri(cfg)}, and method.auto_train=false; run "
                               f"`editharm train-mend model={cfg.model.name}` first")
         elif m.train.max_minutes is None:
@@ -77,6 +85,9 @@ def load(cfg, model) -> tuple[MENDNet, frozenset[str]]:
     folder = _folder(cfg)
     net = MENDNet.load(folder)
     check_compatible(net.spec, new_spec(cfg, model, models.identity(cfg.model)), f"at {cfg.method.hypernetwork}")
+    if net.spec.meta.get("selected_on_eval"):
+        print(f"editharm: the MEND hypernetwork at {cfg.method.hypernetwork} was selected on an evaluation edit set "
+              f"({net.spec.meta.get('data')}, the paper's choice): its scores on that set are not held-out scores")
     prompts = folder / TRAIN_PROMPTS
     trained_on = frozenset(prompts.read_text(encoding="utf-8").splitlines()) if prompts.is_file() else frozenset()
     return net, trained_on

@@ -5,10 +5,12 @@
 Per training example (a batch of `method.train.batch_size` edit records):
   1. the factors of ∇W of the target NLL on the edit input (base weights, detached: no second-order terms);
   2. ΔW = g(factors) per inner weight; the edited model is the base called with W + ΔW (`functional_call`);
-  3. L = c_edit · NLL(target | paraphrase or edit prompt, edited) + c_loc · KL(p_base ‖ p_edited) on the
-     locality answer positions.
+  3. L = c_edit · L_edit + c_loc · KL(p_base ‖ p_edited), L_edit the target NLL after the paraphrase or the edit
+     prompt with the edited weights, averaged over the batch's target tokens (`method.reduction=token`, MEND's
+     `multiclass_log_probs`; `example`: per example), the KL averaged over the locality answers' tokens (MEND's
+     `kl_loc_loss`).
 The Trainer does the rest: Adam on the editors (lr) and α (lr_lr), accumulation, clipping, validation every
-`val_every` edits on held-out records, checkpointing the best `val/<monitor>` (`val/loss`, as EasyEdit's GPT-2
+`val_every` edits on validation records (`mend_data.training_data`: by default held out of the zsRE train file), checkpointing the best `val/<monitor>` (`val/loss`, as EasyEdit's GPT-2
 run, or `val/edit_success`, as its LLaMA run), early stopping on it, a time budget.
 The best network is logged as the run's `mend/` artifact (`runs:/<id>/mend`).
 """
@@ -33,12 +35,12 @@ from torchmetrics import MeanMetric
 
 from editharm import data, models, tracking
 from editharm.methods._shared import frozen
-from editharm.methods.mend import MONITORS, factors_of, inner_modules, mend_deltas, new_spec, patched
+from editharm.methods.mend import MONITORS, L_edit, factors_of, inner_modules, mend_deltas, new_spec, patched
 from editharm.methods.mend_net import MENDNet
 from editharm.methods.mend_data import training_data
-from editharm.methods.mend_store import ARTIFACT, TRAIN_PROMPTS, arch_tag, params_tag
+from editharm.methods.mend_store import ARTIFACT, TRAIN_PROMPTS, arch_tag, data_tag, params_tag
 from editharm.nethook import get_parameter
-from editharm.scoring import IGNORE, encode_pairs, logits_logprobs, mean_example_nll
+from editharm.scoring import IGNORE, encode_pairs, logits_logprobs
 
 LOGGED = ("loss", "edit_nll", "loc_kl", "edit_success", "loc_acc")
 
@@ -50,11 +52,13 @@ class MENDTraining(L.LightningModule):
     def __init__(self, cfg, model: nn.Module, tokenizer, net: MENDNet):
         super().__init__()
         self.hp = cfg.method.train
+        self.reduction = cfg.method.reduction
         self.net = net
         self.tokenizer = tokenizer
         self.inner = inner_modules(cfg)
         self._base = [model.eval()]
         self.window = nn.ModuleDict({k: MeanMetric() for k in LOGGED})  # training figures, averaged per window
+        self.seen = 0  # training examples so far, across epochs (batch_idx restarts every epoch)
 
     @property
     def base(self) -> nn.Module:
@@ -80,7 +84,7 @@ class MENDTraining(L.LightningModule):
                                          targets + loc, device)
         edit_only = labels.clone()
         edit_only[n:] = IGNORE
-        factors, logits = factors_of(base, self.inner, ids, mask, edit_only)
+        factors, logits = factors_of(base, self.inner, ids, mask, edit_only, self.reduction)
         where = labels[n:, 1:] != IGNORE
         pre = logits[n:, :-1][where].float().log_softmax(-1)
         deltas = mend_deltas(self.net, base, self.inner, factors)
@@ -89,7 +93,7 @@ class MENDTraining(L.LightningModule):
         logits = edited(input_ids=ids, attention_mask=mask).logits
         logp, argmax, counts = logits_logprobs(logits[:n], labels[:n])
         gold = labels[:n, 1:][labels[:n, 1:] != IGNORE]
-        edit_nll = mean_example_nll(logp, counts)
+        edit_nll = L_edit(logp, counts, self.reduction)
         success = torch.stack([h.all() for h in (argmax == gold).split(counts.tolist())]).float().mean()
         post = logits[n:, :-1][labels[n:, 1:] != IGNORE].float().log_softmax(-1)
         kl = (pre.exp() * (pre - post)).sum(-1).mean()
@@ -102,8 +106,13 @@ class MENDTraining(L.LightningModule):
         out = self.losses(batch)
         for k, metric in self.window.items():
             metric.update(out[k].detach())
-        if (batch_idx + 1) % self.hp.log_every == 0:  # the mean of the last `log_every` edits, not one noisy edit
-            self.log_dict({f"train/{k}": m.compute() for k, m in self.window.items()}, batch_size=len(batch))
+        self.seen += 1
+        if self.seen % self.hp.log_every == 0:  # the mean of the last `log_every` edits, not one noisy edit
+            # straight to the logger: Lightning re-logs a step metric's last value at each epoch end, which
+            # duplicates a window when epochs are shorter than `log_every`
+            if self.logger is not None:
+                self.logger.log_metrics({f"train/{k}": m.compute().item() for k, m in self.window.items()},
+                                        step=self.global_step)
             for m in self.window.values():
                 m.reset()
         return out["loss"]
@@ -166,6 +175,7 @@ def train(cfg, model: nn.Module, tok, parent=None, rows=None) -> str:
         tracking.log_config(logger, cfg)
         tracking.set_tags(logger, {"kind": "train-mend", "model": cfg.model.name, "model_identity": identity,
                                    "mend.params": params_tag(cfg), "mend.arch": arch_tag(net.spec),
+                                   "mend.data": data_tag(cfg),
                                    "git_commit": tracking.git_commit(), **{f"data.{k}": v for k, v in counts.items()}})
         with tempfile.TemporaryDirectory() as tmp:
             best = ModelCheckpoint(dirpath=tmp, monitor=f"val/{t.monitor}", mode=MONITORS[t.monitor], save_top_k=1)
@@ -185,7 +195,8 @@ def train(cfg, model: nn.Module, tok, parent=None, rows=None) -> str:
                       "is logged")
             logger.log_metrics({"time/train_s": seconds, "time/step_s": seconds / max(trainer.global_step, 1),
                                 "train/steps": trainer.global_step, "train/saved_step": saved}, step=trainer.global_step)
-            net.spec.meta = {"run_id": logger.run_id, "steps": trainer.global_step, "saved_step": saved, **counts}
+            net.spec.meta = {"run_id": logger.run_id, "steps": trainer.global_step, "saved_step": saved,
+                             "data": data_tag(cfg), **counts}
             folder = net.cpu().save(Path(tmp) / ARTIFACT)
             (folder / TRAIN_PROMPTS).write_text("\n".join(sorted({r.prompt for r in train_rows})), encoding="utf-8")
             logger.experiment.log_artifacts(logger.run_id, str(folder), ARTIFACT)
