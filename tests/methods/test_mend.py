@@ -1,4 +1,5 @@
 """MEND: the hypernetwork's math against hand computation, training, the logged network, refusals, modes."""
+import json
 import numpy as np
 import pytest
 import torch
@@ -228,6 +229,32 @@ def test_auto_trains_a_nested_run_once_then_reuses_it(env):
     second = client().get_run(edit(base))
     assert second.data.tags["mend.hypernetwork"] == first.data.tags["mend.hypernetwork"]
     assert len(client().search_runs([first.info.experiment_id])) == 3  # no second training run
+
+
+def test_auto_finds_a_network_shipped_with_the_package_after_the_store_and_before_training(env, tmp_path,
+                                                                                             monkeypatch):
+    import shutil
+
+    from editharm import tracking
+    from editharm.methods import mend_store
+
+    base = ["method=mend", "model=tiny-llama", "tasks.names=[]", "edits.n=2", "probe.perplexity=false",
+            "tracking.log_checkpoint=false", "method.train.max_iters=4", "method.train.val_every=4"]
+    trained = f"runs:/{_train('method.train.max_iters=4', 'method.train.val_every=4')}/mend"
+    packaged = tmp_path / "package"
+    shutil.copytree(tracking.fetch_artifact(trained, models.cache_root() / "mend"), packaged / "tiny-llama")
+    shutil.copytree(packaged / "tiny-llama", packaged / "another")  # built for other inner parameters: skipped
+    spec = json.loads((packaged / "another" / "mend.json").read_text())
+    spec["meta"]["tags"]["mend.params"] = "model.layers.9.mlp.down_proj"
+    (packaged / "another" / "mend.json").write_text(json.dumps(spec))
+    monkeypatch.setattr(mend_store, "packaged_root", lambda: packaged)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'fresh.db'}")  # a store with no network
+    run = client().get_run(edit([*base, "method.auto_train=false"]))
+    assert run.data.tags["mend.hypernetwork"] == str(packaged / "tiny-llama")
+    assert [r.data.tags.get("kind") for r in client().search_runs([run.info.experiment_id])] == ["edit"]  # no training
+    monkeypatch.setattr(mend_store, "packaged_root", lambda: tmp_path / "nothing")
+    with pytest.raises(ConfigError, match="found no finished train-mend run"):
+        edit([*base, "method.auto_train=false"])
 
 
 @pytest.mark.parametrize("overrides,words", [

@@ -182,12 +182,17 @@ class MENDNet(nn.Module):
         (folder / SPEC_FILE).write_text(json.dumps(asdict(self.spec), indent=1), encoding="utf-8")
         return folder
 
+    @staticmethod
+    def read_spec(folder: Path) -> MENDSpec:
+        """The spec saved in `folder` (one saved before v_init/relu existed reads as built: `LEGACY`)."""
+        fields = json.loads((Path(folder) / SPEC_FILE).read_text(encoding="utf-8"))
+        return MENDSpec(**{**LEGACY, **fields})
+
     @classmethod
     def load(cls, folder: Path) -> "MENDNet":
         folder = Path(folder)
         if not (folder / SPEC_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
             raise ConfigError(f"{folder} is not a MEND hypernetwork (it needs {SPEC_FILE} and {WEIGHTS_FILE})")
-        fields = json.loads((folder / SPEC_FILE).read_text(encoding="utf-8"))
-        net = cls(MENDSpec(**{**LEGACY, **fields}))  # a spec saved before v_init/relu existed: built as LEGACY
+        net = cls(cls.read_spec(folder))
         net.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
         return net.eval()

@@ -4,16 +4,19 @@
     net, trained_on = load(cfg, model) # checked against this model and these inner parameters
 
 `auto` picks the newest FINISHED `train-mend` run of the tracking store tagged with this model identity, these
-inner parameters, this architecture and this data choice (`mend.data`); with none (and `method.auto_train`), it trains one first as a run nested in the edit run.
+inner parameters, this architecture and this data choice (`mend.data`); with none, a network shipped inside the
+package (`editharm/hypernetworks/<name>/`) built for the same; with none (and `method.auto_train`), it trains one
+first as a run nested in the edit run.
 """
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 from editharm import models, tracking
 from editharm.errors import ConfigError
 from editharm.methods.mend import ARCH, check_compatible, inner_modules, new_spec
-from editharm.methods.mend_net import MENDNet
+from editharm.methods.mend_net import SPEC_FILE, MENDNet
 
 ARTIFACT = "mend"
 TRAIN_PROMPTS = "train_prompts.txt"
@@ -46,8 +49,12 @@ def resolve(cfg, model, tok, logger) -> None:
         wanted = {"kind": "train-mend", "model_identity": models.identity(cfg.model), "mend.params": params_tag(cfg),
                   "mend.arch": arch_tag(new_spec(cfg, model, models.identity(cfg.model))), "mend.data": data_tag(cfg)}
         found = tracking.find_runs(wanted, tracking.tracking_uri(cfg))
+        packaged = None if found else shipped(wanted)
         if found:
             spec = f"runs:/{found[0]}/{ARTIFACT}"
+        elif packaged is not None:
+            spec = str(packaged)
+            print(f"editharm: MEND hypernetwork for {cfg.model.name} shipped with the package: {packaged}")
         elif not m.auto_train:
             raise ConfigError(f"method.hypernetwork=auto found no finished train-mend run for model "
                               f"{cfg.model.name}, these inner parameters, this architecture and this data choice "
@@ -67,6 +74,21 @@ def resolve(cfg, model, tok, logger) -> None:
     m.hypernetwork = spec
     _folder(cfg)  # fetch (or find) it now: a wrong URI or folder fails before compute
     tracking.set_tags(logger, {"mend.hypernetwork": spec})
+
+
+def packaged_root() -> Path:
+    """Where networks shipped with the package lie (`scripts/package_mend.py` puts them there)."""
+    return Path(str(resources.files("editharm") / "hypernetworks"))
+
+
+def shipped(wanted: dict[str, str]) -> Path | None:
+    """The packaged network whose recorded tags (its spec's `meta.tags`) equal `wanted`'s model identity, inner
+    parameters, architecture and data choice, or None."""
+    for folder in sorted(p.parent for p in packaged_root().glob(f"*/{SPEC_FILE}")):
+        tags = MENDNet.read_spec(folder).meta.get("tags", {})
+        if all(tags.get(k) == v for k, v in wanted.items() if k != "kind"):
+            return folder
+    return None
 
 
 def _folder(cfg) -> Path:

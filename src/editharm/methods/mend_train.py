@@ -173,9 +173,9 @@ def train(cfg, model: nn.Module, tok, parent=None, rows=None) -> str:
         net = MENDNet(new_spec(cfg, model, identity))
         module = MENDTraining(cfg, model, tok, net)
         tracking.log_config(logger, cfg)
-        tracking.set_tags(logger, {"kind": "train-mend", "model": cfg.model.name, "model_identity": identity,
-                                   "mend.params": params_tag(cfg), "mend.arch": arch_tag(net.spec),
-                                   "mend.data": data_tag(cfg),
+        tags = {"model_identity": identity, "mend.params": params_tag(cfg), "mend.arch": arch_tag(net.spec),
+                "mend.data": data_tag(cfg)}  # what `auto` matches on (a packaged network carries them in its meta)
+        tracking.set_tags(logger, {"kind": "train-mend", "model": cfg.model.name, **tags,
                                    "git_commit": tracking.git_commit(), **{f"data.{k}": v for k, v in counts.items()}})
         with tempfile.TemporaryDirectory() as tmp:
             best = ModelCheckpoint(dirpath=tmp, monitor=f"val/{t.monitor}", mode=MONITORS[t.monitor], save_top_k=1)
@@ -196,7 +196,7 @@ def train(cfg, model: nn.Module, tok, parent=None, rows=None) -> str:
             logger.log_metrics({"time/train_s": seconds, "time/step_s": seconds / max(trainer.global_step, 1),
                                 "train/steps": trainer.global_step, "train/saved_step": saved}, step=trainer.global_step)
             net.spec.meta = {"run_id": logger.run_id, "steps": trainer.global_step, "saved_step": saved,
-                             "data": data_tag(cfg), **counts}
+                             "data": data_tag(cfg), "tags": tags, **counts}
             folder = net.cpu().save(Path(tmp) / ARTIFACT)
             (folder / TRAIN_PROMPTS).write_text("\n".join(sorted({r.prompt for r in train_rows})), encoding="utf-8")
             logger.experiment.log_artifacts(logger.run_id, str(folder), ARTIFACT)
