@@ -2,7 +2,7 @@
 edit (and the share of KN's edit its attribution takes).
 
     python benchmarks/edit_speed.py                              # SmolLM2, layer 5, 10 CounterFact edits each
-    python benchmarks/edit_speed.py --tokens 16384 --edits 10 --layer 5
+    python benchmarks/edit_speed.py --texts 200 --edits 10 --layer 5
 
 Statistics throughput is measured on the same token chunks both ways; edit times are the median over
 `--edits` CounterFact requests with statistics already cached (their one-off cost is printed apart). MEND edits
@@ -24,13 +24,14 @@ from editharm import config, data, models, stats, tracking
 from editharm.registry import method
 
 
-def stats_throughput(model, tok, module: str, corpus, n_tokens: int, seq_len: int) -> dict[str, float]:
-    chunks = stats.token_chunks(tok, corpus, n_tokens, seq_len)
+def stats_throughput(model, tok, module: str, corpus, n_texts: int) -> dict[str, float]:
+    samples = stats.encode_samples(tok, stats.sample_texts(corpus, n_texts), tok.model_max_length)
+    n_tokens = sum(map(len, samples))
     out = {}
     for label, early in (("early_exit", True), ("full_forward", False)):
         t0 = time.perf_counter()
-        stats.second_moments(model, [module], chunks, batch_size=8, early_exit=early, progress=False)
-        out[f"stats_{label}_tokens_per_s"] = chunks.numel() / (time.perf_counter() - t0)
+        stats.second_moments(model, [module], samples, early_exit=early, progress=False)
+        out[f"stats_{label}_tokens_per_s"] = n_tokens / (time.perf_counter() - t0)
     out["stats_speedup"] = out["stats_early_exit_tokens_per_s"] / out["stats_full_forward_tokens_per_s"]
     return out
 
@@ -68,8 +69,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--layer", type=int, default=5, help="statistics layer (first third of the model)")
-    p.add_argument("--tokens", type=int, default=16384)
-    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--texts", type=int, default=200, help="statistics texts sampled from the corpus")
     p.add_argument("--edits", type=int, default=10)
     p.add_argument("--mend-hypernetwork", default=None, help="runs:/<id>/mend or a folder (default: untrained)")
     p.add_argument("--no-log", action="store_true")
@@ -79,7 +79,7 @@ def main() -> None:
     cfg = config.load([f"model={args.model}"])
     model, tok = models.load(cfg.model, models.cache_root())
     module = cfg.model.templates.mlp_out.format(args.layer)
-    figures = stats_throughput(model, tok, module, stats.load_corpus(root), args.tokens, args.seq_len)
+    figures = stats_throughput(model, tok, module, stats.load_corpus(root), args.texts)
     print(f"statistics, {module}: early exit {figures['stats_early_exit_tokens_per_s']:.0f} tok/s, full forward "
           f"{figures['stats_full_forward_tokens_per_s']:.0f} tok/s (x{figures['stats_speedup']:.2f}); "
           f"torch threads {torch.get_num_threads()}")

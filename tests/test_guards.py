@@ -69,12 +69,11 @@ def test_nullspace_leaves_preserved_keys_unchanged_in_both_layouts():
 
 BASE = ["model=tiny-llama", "tasks.names=[]", "probe.n_tokens=512", "probe.chunk_tokens=128",
         "tracking.log_checkpoint=false", "tracking.log_model=false"]
-VALUE = ["method.v_num_grad_steps=3", "method.context_template_length_params=[[3,2]]", "method.mom2_n_tokens=512",
-         "method.mom2_seq_len=32"]
+VALUE = ["method.v_num_grad_steps=3", "method.context_template_length_params=[[3,2]]", "method.mom2_max_len=32"]
 METHOD = {"rome": ["method=rome", "method.layer=0", *VALUE], "memit": ["method=memit", "method.layers=[0]", *VALUE],
           "ft": ["method=ft", "method.layers=[0]", "method.steps=3", "method.norm_constraint=null"]}
 GUARDS = {"rect": ["guard=rect"], "magnitude": ["guard=magnitude"], "random": ["guard=random"], "pca": ["guard=pca"],
-          "nullspace": ["guard=nullspace", "guard.mom2_n_tokens=512", "guard.mom2_seq_len=32"]}
+          "nullspace": ["guard=nullspace", "guard.mom2_max_len=32"]}
 MODES = {"single": ["edits.mode=single", "edits.n=2", "edits.eval_every=1"],
          "instance-sequential": ["edits.n=2", "edits.eval_every=1"],
          "batch": ["edits=zsre-batch", "edits.n=2"],

@@ -19,7 +19,7 @@ def tiny():
 
 
 def test_context_length_reads_the_model_config(tiny):
-    assert limits.context_length(tiny[0]) == 512
+    assert limits.context_length(tiny[0]) == 2048
     gpt2, _ = models.load(config.load(["model=tiny-gpt2"]).model, models.cache_root())
     assert limits.context_length(gpt2) == gpt2.config.n_positions
 
@@ -43,11 +43,11 @@ def test_an_edit_run_with_a_10000_token_prompt_fails_fast_and_is_marked_failed(e
     path.write_text(json.dumps({"prompt": "blah " * 2000 + "Toko Yasuda plays the", "subject": "Toko Yasuda",
                                 "target_new": "piano"}) + "\n")
     t0 = time.perf_counter()
-    with pytest.raises(DataError, match="context length of 512"):
+    with pytest.raises(DataError, match="context length of 2048"):
         runs.edit([*TINY, f"edits.dataset={path}", "edits.n=1", "tasks.names=[]"])
     assert time.perf_counter() - t0 < 60
     (run,) = client().search_runs([e.experiment_id for e in client().search_experiments()])
-    assert run.info.status == "FAILED" and "context length of 512" in run.data.tags["error"]
+    assert run.info.status == "FAILED" and "context length of 2048" in run.data.tags["error"]
     assert "edit/long/efficacy_token_acc" not in run.data.metrics  # nothing was computed
 
 

@@ -306,18 +306,32 @@ def validate(cfg: DictConfig) -> None:
                           f">= 1, got {m.z_batch_size}")
     if m.get("context_templates") is not None:
         _check_templates(list(m.context_templates))
-    if "nullspace_threshold" in m and not 0 < m.nullspace_threshold < 1:
-        raise ConfigError(f"method.nullspace_threshold is relative to the largest eigenvalue and must be in (0, 1), "
-                          f"got {m.nullspace_threshold}")
+    if "nullspace_threshold" in m:
+        _check_nullspace("method.nullspace_", m.nullspace_threshold, m.nullspace_rule)
+    for prefix, spec in (("method.", m), ("guard.", cfg.guard)):
+        if "mom2_n_samples" in spec and spec.mom2_n_samples < 1:
+            raise ConfigError(f"{prefix}mom2_n_samples counts the texts the key statistics average over and must be "
+                              f">= 1, got {spec.mom2_n_samples}")
+        if spec.get("mom2_max_len") is not None and spec.mom2_max_len < 1:
+            raise ConfigError(f"{prefix}mom2_max_len must be >= 1 or null (the model's context), got {spec.mom2_max_len}")
     g = cfg.guard
     if "k" in g and not 0 < g.k <= 1:
         raise ConfigError(f"guard.k is the share of ΔW kept and must be in (0, 1], got {g.k} (guard={g.name})")
     if g.get("rank") is not None and g.rank < 1:
         raise ConfigError(f"guard.rank must be >= 1 or null (from guard.k), got {g.rank}")
-    if "threshold" in g and not 0 < g.threshold < 1:
-        raise ConfigError(f"guard.threshold is relative to the largest eigenvalue and must be in (0, 1), got {g.threshold}")
+    if "threshold" in g:
+        _check_nullspace("guard.", g.threshold, g.rule)
     if cfg.model.source == "hub" and not cfg.model.path:
         raise ConfigError(f"model '{cfg.model.name}' has source=hub but no model.path (hub id or local dir)")
+
+
+def _check_nullspace(prefix: str, threshold: float, rule: str) -> None:
+    from editharm.guards import NULLSPACE_RULES
+
+    _choice(f"{prefix}rule", rule, NULLSPACE_RULES)
+    if threshold <= 0 or (rule == "relative" and threshold >= 1):
+        raise ConfigError(f"{prefix}threshold must be > 0" + (" and < 1 (a share of the largest eigenvalue)"
+                          if rule == "relative" else " (an eigenvalue of C)") + f", got {threshold}")
 
 
 def _check_templates(templates: list[str]) -> None:

@@ -23,6 +23,10 @@ import torch
 
 from editharm.deltas import EPS, Deltas
 from editharm.registry import register_guard
+from editharm.stats import KeyStatistics
+
+
+NULLSPACE_RULES = ("absolute", "relative")
 
 
 def keep_count(k: float, n: int) -> int:
@@ -67,12 +71,23 @@ def truncated_svd(delta: torch.Tensor, rank: int) -> torch.Tensor:
     return ((U[:, :rank] * S[:rank]) @ Vh[:rank]).to(delta.dtype)
 
 
-def nullspace_projector(C: torch.Tensor, threshold: float) -> torch.Tensor:
-    """P = V₀ V₀ᵀ, V₀ the eigenvectors of the (symmetric) second moment C with eigenvalue below
-    `threshold` · λ_max(C): for a preserved key k₀ (in the span of the other eigenvectors), P k₀ = 0."""
+def nullspace_projector(C: torch.Tensor, threshold: float, rule: str = "absolute") -> torch.Tensor:
+    """P = V₀ V₀ᵀ, V₀ the eigenvectors of the (symmetric) second moment C whose eigenvalue is below `threshold`
+    (`rule="absolute"`, AlphaEdit's `get_project`: singular values of C below `nullspace_threshold`, 2e-2 in every
+    hparams file of its authors) or below `threshold` · λ_max(C) (`"relative"`, ours: a share that transfers
+    across models whose C differ in scale). For a preserved key k₀ (in the span of the other eigenvectors),
+    P k₀ = 0; trace(P) is the null space's dimension."""
+    if rule not in NULLSPACE_RULES:
+        raise ValueError(f"nullspace rule {rule!r}; valid: {', '.join(NULLSPACE_RULES)}")
     eigenvalues, V = torch.linalg.eigh(C.double())
-    V0 = V[:, eigenvalues < threshold * eigenvalues.max()]
+    cut = threshold * eigenvalues.max() if rule == "relative" else threshold
+    V0 = V[:, eigenvalues < cut]
     return (V0 @ V0.T).float()
+
+
+def null_dim(P: torch.Tensor) -> float:
+    """The dimension of the space P projects onto (its trace, rounded)."""
+    return float(torch.trace(P).round())
 
 
 def project(delta: torch.Tensor, P: torch.Tensor, input_axis: int) -> torch.Tensor:
@@ -123,13 +138,14 @@ class PCAConfig(ShareConfig):
 
 
 @dataclass
-class NullspaceConfig:
+class NullspaceConfig(KeyStatistics):
     name: str = "nullspace"
-    threshold: float = 1e-2
-    """Eigen-directions of C with eigenvalue below threshold · λ_max(C) span P: the input directions that the
-    preserved keys (almost) never use."""
-    mom2_n_tokens: int = 100_000
-    mom2_seq_len: int = 256
+    threshold: float = 2e-2
+    """Eigen-directions of C with eigenvalue below the threshold span P: the input directions that the preserved
+    keys (almost) never use. AlphaEdit's value and rule (an absolute eigenvalue, 2e-2)."""
+    rule: str = "absolute"
+    """`absolute` (AlphaEdit's) or `relative` (eigenvalue below threshold · λ_max(C); 1e-2 was this guard's
+    default before it followed AlphaEdit's rule)."""
 
 
 Guard = Callable[[Deltas, object, GuardContext], tuple[Deltas, dict[str, float]]]
@@ -171,5 +187,5 @@ def _nullspace(deltas: Deltas, cfg: NullspaceConfig, ctx: GuardContext):
     out, metrics = {}, {}
     for n, d in deltas.items():
         P = ctx.projectors[n]
-        out[n], metrics[f"{n}/null_dim"] = project(d, P, ctx.input_axis[n]), float(torch.trace(P).round())
+        out[n], metrics[f"{n}/null_dim"] = project(d, P, ctx.input_axis[n]), null_dim(P)
     return out, metrics

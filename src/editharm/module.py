@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from editharm import deltas as D
-from editharm import guards, models, registry, resume, stats, tracking
+from editharm import guards, limits, models, registry, resume, stats, tracking
 from editharm.config import RunConfig
 from editharm.data import EditRequest, data_dir
 from editharm.errors import EditharmError
@@ -108,8 +108,8 @@ class EditModule(L.LightningModule):
             raise EditharmError(f"guard=nullspace needs the key statistics of the modules method {self.hp.name} "
                                 "edits, and the method does not name them (EditModule.edited_modules)")
         for module in self.guard_statistics_modules():
-            C = self.second_moments([module], g.mom2_n_tokens, g.mom2_seq_len)[module]
-            self._projectors[f"{module}.weight"] = guards.nullspace_projector(C, g.threshold)
+            C = self.second_moments([module], g)[module]
+            self._projectors[f"{module}.weight"] = guards.nullspace_projector(C, g.threshold, g.rule)
         if self._resumed is not None:  # after everything computed from the unedited model
             self.apply_resumed()
 
@@ -140,18 +140,21 @@ class EditModule(L.LightningModule):
         self.load_method_state(state["method"])
         resume.set_rng_state(state["rng"])
 
-    def second_moments(self, modules: list[str], n_tokens: int, seq_len: int) -> dict[str, torch.Tensor]:
-        """E[k kᵀ] of each module's input over the statistics corpus: from the disk cache, or computed with
-        early exit and cached; logged to the run as `stats/` artifacts. Call before the first edit."""
+    def second_moments(self, modules: list[str], spec) -> dict[str, torch.Tensor]:
+        """E[k kᵀ] of each module's input over the texts `spec` (a config with the `stats.KeyStatistics` keys)
+        names: from the disk cache, or computed with early exit and cached; logged to the run as `stats/`
+        artifacts, with what they average over as params (`stats.<module>.{n_texts,n_tokens,tokens_per_dim}`).
+        Call before the first edit."""
         missing = [m for m in modules if m not in self._stats]
         if missing:
-            corpus = stats.load_corpus(data_dir(self.cfg.data_dir))
-            got, paths = stats.cached_second_moments(self.model, self.tokenizer, missing, corpus, n_tokens, seq_len,
-                                                     models.identity(self.cfg.model),
-                                                     models.cache_root(self.cfg.cache_dir) / "stats")
+            sample = stats.StatsSpec.of(spec)
+            corpus = stats.load_corpus(data_dir(self.cfg.data_dir), sample.dataset)
+            got, paths, counts = stats.cached_second_moments(
+                self.model, self.tokenizer, missing, corpus, sample, models.identity(self.cfg.model),
+                models.cache_root(self.cfg.cache_dir) / "stats", context=limits.context_length(self.model))
             device = next(self.model.parameters()).device
             self._stats.update({m: c.to(device) for m, c in got.items()})
-            tracking.log_files(self.logger, "stats", list(paths.values()))
+            tracking.log_statistics(self.logger, paths, counts, {m: c.shape[0] for m, c in got.items()})
         return {m: self._stats[m] for m in modules}
 
     def module_name(self, kind: str, layer: int) -> str:

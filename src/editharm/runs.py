@@ -24,10 +24,12 @@ def _setup(argv: list[str], edits: bool, tree=None):
     requests, success = data.load_requests(cfg.edits, root) if edits else ([], False)
     tasks = [load_task(name, cfg.tasks.protocol, root, cfg.tasks.limit, cfg.tasks.seed) for name in cfg.tasks.names]
     probe = data.read_probe_text(root, cfg.probe.n_tokens * 8) if cfg.probe.perplexity else None
-    if edits and hasattr(cfg.guard, "mom2_n_tokens"):  # a guard built on key statistics: its corpus, up front
+    if edits:  # a method or guard built on key statistics: its corpus, up front
         from editharm import stats
 
-        stats.load_corpus(root)
+        for spec in (cfg.method, cfg.guard):
+            if hasattr(spec, "mom2_dataset") and (spec is cfg.guard or getattr(spec, "mom2_adjustment", True)):
+                stats.load_corpus(root, spec.mom2_dataset)
     return tree, cfg, requests, success, tasks, probe
 
 
@@ -214,12 +216,12 @@ def evaluate(argv: list[str]) -> str:
 def statistics(argv: list[str]) -> str:
     """Precompute the key statistics the configured method (`method.mom2_*`) and guard (`guard.mom2_*`) use
     into the cache, in one run."""
-    from editharm import config, data, models, registry, stats, tracking
+    from editharm import config, data, limits, models, registry, stats, tracking
 
     _quiet_lightning()
     tree = config.compose(argv)
     cfg = config.to_object(tree)
-    corpus = stats.load_corpus(data.data_dir(cfg.data_dir))
+    root = data.data_dir(cfg.data_dir)
     with tracking.start(cfg, f"stats-{cfg.method.name}-{cfg.model.name}") as logger:
         _log_run(logger, cfg, tree, [], kind="stats", method=cfg.method.name)
         model, tok = _model(cfg)
@@ -227,15 +229,15 @@ def statistics(argv: list[str]) -> str:
         wanted = [(module.statistics_modules(), cfg.method), (module.guard_statistics_modules(), cfg.guard)]
         if not any(names for names, _ in wanted):
             raise EditharmError(f"method {cfg.method.name} with guard {cfg.guard.name} uses no key statistics")
-        paths = {}
-        for names, hp in wanted:
+        for names, spec in wanted:
             if names:
-                paths.update(stats.cached_second_moments(model, tok, names, corpus, hp.mom2_n_tokens, hp.mom2_seq_len,
-                                                         models.identity(cfg.model),
-                                                         models.cache_root(cfg.cache_dir) / "stats")[1])
-        tracking.log_files(logger, "stats", list(paths.values()))
-        for name, path in paths.items():
-            print(f"{name}: {path}")
+                sample = stats.StatsSpec.of(spec)
+                C, paths, counts = stats.cached_second_moments(
+                    model, tok, names, stats.load_corpus(root, sample.dataset), sample, models.identity(cfg.model),
+                    models.cache_root(cfg.cache_dir) / "stats", context=limits.context_length(model))
+                tracking.log_statistics(logger, paths, counts, {m: c.shape[0] for m, c in C.items()})
+                for name, path in paths.items():
+                    print(f"{name}: {path} ({counts['n_texts']} texts, {counts['n_tokens']} tokens)")
         return logger.run_id
 
 

@@ -146,6 +146,16 @@ def log_config(logger: RunLogger, tree) -> None:
 
 
 @rank_zero_only
+def log_statistics(logger: RunLogger | None, paths: dict[str, Path], counts: dict[str, int], dims: dict[str, int]) -> None:
+    """Key statistics: their cache files as `stats/` artifacts, and what they average over as params
+    `stats.<module>.{n_texts,n_tokens,tokens_per_dim}`."""
+    if logger is not None:
+        log_files(logger, "stats", list(paths.values()))
+        logger.log_hyperparams({f"stats.{m}.{k}": v for m, d in dims.items()
+                                for k, v in {**counts, "tokens_per_dim": round(counts["n_tokens"] / d, 1)}.items()})
+
+
+@rank_zero_only
 def set_tags(logger: RunLogger | None, tags: dict[str, str]) -> None:
     if logger is not None:
         for key, value in tags.items():

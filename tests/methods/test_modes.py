@@ -9,7 +9,7 @@ from tests.conftest import client
 BASE = ["tasks.names=[]", "probe.n_tokens=512", "probe.chunk_tokens=128", "tracking.log_checkpoint=false",
         "tracking.log_model=false"]
 VALUE = ["model=tiny-llama", "method.v_num_grad_steps=5", "method.context_template_length_params=[[3,5]]",
-         "method.mom2_n_tokens=512", "method.mom2_seq_len=32"]
+         "method.mom2_max_len=32"]
 MEND = ["method.train.max_iters=4", "method.train.val_every=4"]  # `auto`: a nested training run first
 METHOD = {"rome": ["method=rome", "method.layer=0", *VALUE], "memit": ["method=memit", "method.layers=[0]", *VALUE],
           "alphaedit": ["method=memit", "method.layers=[0]", "method.nullspace=true", *VALUE],
@@ -59,8 +59,7 @@ def test_collapse_guard_reports_and_skips(env):
 
 def test_stats_command_caches_and_logs(env, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("EDITHARM_CACHE_DIR", str(tmp_path / "cache"))
-    args = ["stats", "method=memit", "model=tiny-llama", "method.layers=[0,1]", "method.mom2_n_tokens=512",
-            "method.mom2_seq_len=32"]
+    args = ["stats", "method=memit", "model=tiny-llama", "method.layers=[0,1]", "method.mom2_max_len=32"]
     assert main(args) == 0
     files = sorted((tmp_path / "cache" / "stats").glob("*.safetensors"))
     assert len(files) == 2

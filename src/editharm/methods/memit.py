@@ -4,7 +4,7 @@
                                    v*), the requests of a batch optimised together (`z_batch_size` per pass)
     for l in layers (ascending):   K_l: keys of all requests under the current weights; R = Z − H_L
         ΔW_l = memit_update(R / (layers left), K_l, C_l, λ)  = R_l K_lᵀ (λ C_l + K_l K_lᵀ)⁻¹, applied before l+1
-    with `nullspace` (AlphaEdit): ΔW_l = alphaedit_update(...) = R_l K_lᵀ P_l ((K_l K_lᵀ + C_prev) P_l + I)⁻¹
+    with `nullspace` (AlphaEdit): ΔW_l = alphaedit_update(...) = R_l K_lᵀ P_l ((K_l K_lᵀ + C_prev) P_l + L2·I)⁻¹
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 
 from editharm.data import EditRequest
 from editharm.deltas import Deltas
-from editharm.guards import nullspace_projector
+from editharm.guards import null_dim, nullspace_projector
 from editharm.methods._shared import keys_at, run_templates, subject_last
 from editharm.methods.value import ValueStep, ValueTrace, target_values
 from editharm.module import EditModule
@@ -30,7 +30,7 @@ class MEMITConfig(ValueStep):
     mom2_update_weight: float = 15000.0
     """λ: weight of the preserved-keys term λC against the new keys KKᵀ."""
     context_template_length_params: list[list[int]] = field(default_factory=lambda: [[10, 5]])
-    """MEMIT: the bare prompt plus 5 sampled prefixes of 10 tokens."""
+    """MEMIT: the bare prompt plus 5 sampled prefixes of 10 tokens (the seed word and any BOS counted)."""
     z_batch_size: int = 32
     """Requests whose targets z are optimised together, in one forward/backward pass per step (each with its
     own δ, Adam state and stopping rule); 1 optimises one request at a time, as the reference does. Batches give
@@ -38,11 +38,16 @@ class MEMITConfig(ValueStep):
     nullspace: bool = False
     """AlphaEdit (Fang et al., ICLR 2025): solve inside the null space of the preserved keys and of the keys
     edited earlier in the run (`alphaedit_update`) instead of MEMIT's λC-weighted solve."""
-    nullspace_threshold: float = 1e-2
-    """Eigen-directions of C with eigenvalue below this share of λ_max(C) form P (AlphaEdit's own threshold,
-    2e-2, is absolute on its models' statistics; a share of λ_max transfers across models)."""
-    nullspace_l2: float = 1.0
-    """The ridge term of AlphaEdit's solve (its `L2`)."""
+    nullspace_threshold: float = 2e-2
+    """Eigen-directions of C with eigenvalue below this form P (AlphaEdit's `nullspace_threshold`, 2e-2 in every
+    hparams file of its authors: GPT-2 XL, GPT-J, Llama3-8B)."""
+    nullspace_rule: str = "absolute"
+    """How the threshold cuts C's eigenvalues: `absolute` (AlphaEdit's `get_project`) or `relative` (below
+    threshold · λ_max(C): a share that transfers across models whose C differ in scale; our default before
+    2026-12, at 1e-2). The run logs each layer's null-space dimension as `nullspace/<module>/null_dim`."""
+    nullspace_l2: float = 10.0
+    """The ridge term of AlphaEdit's solve (its `L2`: 10 in every hparams file of its authors and in EasyEdit's
+    GPT-2 XL file; EasyEdit's `llama3-8b.yaml` alone says 1)."""
 
 
 def compute_z(model, tok, block: str, requests: list[EditRequest], templates: list[str], hp: MEMITConfig,
@@ -93,9 +98,10 @@ class MEMIT(EditModule):
         """Context templates and key statistics come from the unedited model, once per run; with `nullspace`,
         the projectors P and the (empty) record of edited keys."""
         self._templates = run_templates(self.model, self.tokenizer, self.hp, self.cfg.seed)
-        C = self.second_moments(self.statistics_modules(), self.hp.mom2_n_tokens, self.hp.mom2_seq_len)
+        C = self.second_moments(self.statistics_modules(), self.hp)
         if self.hp.nullspace:
-            self._P = {m: nullspace_projector(c, self.hp.nullspace_threshold) for m, c in C.items()}
+            self._P = {m: nullspace_projector(c, self.hp.nullspace_threshold, self.hp.nullspace_rule)
+                       for m, c in C.items()}
             self._edited = {m: torch.zeros_like(c) for m, c in C.items()}
             self._new_keys: dict[str, torch.Tensor] = {}
 
@@ -125,7 +131,9 @@ class MEMIT(EditModule):
 
     def compute_deltas(self, requests: list[EditRequest]) -> Deltas:
         modules = self.statistics_modules()
-        C = self.second_moments(modules, self.hp.mom2_n_tokens, self.hp.mom2_seq_len)
+        C = self.second_moments(modules, self.hp)
+        if self.hp.nullspace:
+            self.measured("nullspace", {f"{m}/null_dim": null_dim(self._P[m]) for m in modules})
         block = self.module_name("layer", self.hp.layers[-1])
         prompts = [r.prompt for r in requests]
         positions = [subject_last(self.tokenizer, r.prompt, r.subject) for r in requests]

@@ -31,7 +31,8 @@ class ROMEConfig(ValueStep):
     mom2_adjustment: bool = False
     """Whiten the key with the inverse second moment C⁻¹ (original ROME: on; the paper's runs: off)."""
     context_template_length_params: list[list[int]] = field(default_factory=lambda: [[5, 10], [10, 10]])
-    """`[length, count]` pairs of sampled prefixes (ROME: 10 of 5 tokens and 10 of 10 tokens)."""
+    """`[length, count]` pairs of sampled prefixes (ROME: 10 of 5 tokens and 10 of 10 tokens); a length counts
+    the seed word and any BOS, as the reference's `generate_fast` does."""
 
 
 def compute_u(model, tok, module: str, request: EditRequest, templates: list[str],
@@ -87,7 +88,7 @@ class ROME(EditModule):
         """Context templates and key statistics come from the unedited model, once per run."""
         self._templates = run_templates(self.model, self.tokenizer, self.hp, self.cfg.seed)
         if self.hp.mom2_adjustment:
-            self.second_moments(self.statistics_modules(), self.hp.mom2_n_tokens, self.hp.mom2_seq_len)
+            self.second_moments(self.statistics_modules(), self.hp)
 
     def statistics_modules(self) -> list[str]:
         return [self._rewrite_module()]
@@ -107,7 +108,7 @@ class ROME(EditModule):
 
     def compute_deltas(self, requests: list[EditRequest]) -> Deltas:
         module = self._rewrite_module()
-        C = self.second_moments([module], self.hp.mom2_n_tokens, self.hp.mom2_seq_len)[module] if self.hp.mom2_adjustment else None
+        C = self.second_moments([module], self.hp)[module] if self.hp.mom2_adjustment else None
         total: Deltas = {}
         original = self.model.get_parameter(f"{module}.weight").detach().clone()
         with torch.no_grad():

@@ -27,13 +27,14 @@ from torch import nn
 from editharm.methods._shared import frozen, hidden
 from editharm.methods._value_rows import Batch, Rows, tokenise
 from editharm.nethook import get_module
+from editharm.stats import KeyStatistics
 
 STOP_LOSS = 5e-2
 """The reference's early stop: the loop ends once L(δ) < 0.05."""
 
 
 @dataclass
-class ValueStep:
+class ValueStep(KeyStatistics):
     """Hyperparameters ROME (its v*) and MEMIT (its z) share: the value optimisation and the statistics."""
 
     v_num_grad_steps: int = 25
@@ -48,8 +49,6 @@ class ValueStep:
     v_cache_prefix: bool = True
     """Run each row's tokens before the subject once and keep them as a KV cache (δ cannot reach them);
     false runs whole rows at every step, as the reference does: the same numbers to float precision."""
-    mom2_n_tokens: int = 100_000
-    mom2_seq_len: int = 256
     context_templates: Optional[list[str]] = None
     """Fixed context templates ("…. {}", the first exactly "{}") instead of sampling them: to reproduce
     another run's or implementation's edits exactly."""
