@@ -9,7 +9,8 @@ float32 with EasyEdit's 21 context templates: u, k*, v* − W k* and its loss-ev
 
 Parity: our ROME at the fixture's hyperparameters and templates, float32; per case the relative difference
 ‖ours − ref‖ / ‖ref‖ of u and of v* − W k*, the relative difference and cosine of ΔW, and both loss-evaluation
-counts. Speed settings (our SmolLM2 defaults, `configs/method/rome/smollm2-135m.yaml`): ΔW under bfloat16
+counts; the script exits 1 when ΔW or v* − W k* of any case is further than `--tolerance` (1e-5) from the
+reference's. Speed settings (our SmolLM2 defaults, `configs/method/rome/smollm2-135m.yaml`): ΔW under bfloat16
 autocast with the fixture's templates, and ΔW with 11 templates sampled as a run samples them (float32), and
 both together, each against our float32 ΔW with the fixture's templates (cosine, relative difference). Other
 templates alone move ΔW: `21_resampled` (21 templates as ROME draws them, sampled by us, float32) is that
@@ -84,6 +85,7 @@ def main() -> None:
     p.add_argument("--cases", type=int, nargs="*", help="case ids (default: all of the fixture's)")
     p.add_argument("--no-speed-settings", action="store_true", help="parity only")
     p.add_argument("--no-log", action="store_true")
+    p.add_argument("--tolerance", type=float, default=1e-5, help="largest relative difference of v* - W k* and dW")
     args = p.parse_args()
 
     readme, ref, requests = load_fixture(args.fixture)
@@ -131,6 +133,8 @@ def main() -> None:
     if not args.no_log:
         tracking.log_benchmark("rome-parity-smollm2", {"cases": " ".join(map(str, cases)), "reference": readme["what"][:250]},
                                {k.replace("case", "case_"): v for k, v in figures.items()})
+    if max(worst["v_minus_Wk_rel"], worst["dW_rel"]) > args.tolerance:
+        raise SystemExit(f"parity: worst relative difference above {args.tolerance:.0e}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ REQUESTS = [EditRequest("The mother tongue of Danielle Darrieux is", "Danielle D
 # average over random prefixes says nothing about the bare prompt.
 BARE = "method.context_template_length_params=[]"
 FAST = ["method.v_num_grad_steps=20", "method.v_lr=0.1", "method.clamp_norm_factor=100", "method.v_weight_decay=0",
-        "method.context_template_length_params=[[3,5]]", "method.mom2_n_tokens=512", "method.mom2_seq_len=32"]
+        "method.context_template_length_params=[[3,5]]"]
 
 
 def _module(cls, model_name, method, *over):
@@ -139,6 +139,23 @@ def test_alphaedit_remembers_only_kept_edits(env):
     assert set(deltas) == {module + ".weight"} and D.is_finite(deltas)
 
 
+def test_alphaedit_defaults_are_its_authors_and_the_null_space_is_logged(env):
+    """L2 = 10 and an absolute eigenvalue cut at 2e-2, as every hparams file of jianghoucheng/AlphaEdit; each
+    step measures each layer's null-space dimension: the number of eigenvalues of C below the cut."""
+    hp = config.load(["model=tiny-llama", "method=memit"]).method
+    assert (hp.nullspace_l2, hp.nullspace_threshold, hp.nullspace_rule) == (10.0, 2e-2, "absolute")
+    for rule, threshold in (("absolute", "0.02"), ("relative", "0.01")):
+        m = _module(MEMIT, "tiny-llama", "memit", "method.layers=[0]", "method.nullspace=true", BARE,
+                    f"method.nullspace_rule={rule}", f"method.nullspace_threshold={threshold}")
+        module = m.module_name("mlp_out", 0)
+        eigenvalues = torch.linalg.eigvalsh(m._stats[module].double())
+        cut = float(threshold) * (eigenvalues.max() if rule == "relative" else 1.0)
+        m.compute_deltas(REQUESTS[:1])
+        assert m._measured[f"nullspace/{module}/null_dim"] == [float((eigenvalues < cut).sum())]
+        if rule == "relative":  # (the tiny model's λ_max is below 2e-2: the absolute cut keeps every direction)
+            assert 0 < m._measured[f"nullspace/{module}/null_dim"][0] < eigenvalues.numel()
+
+
 @pytest.mark.parametrize("model_name,module", [("tiny-llama", "model.layers.0.mlp.down_proj"),
                                                ("tiny-gpt2", "transformer.h.0.mlp.c_proj")])
 def test_memit_keys_batched_are_each_requests_template_means(model_name, module):
@@ -151,3 +168,33 @@ def test_memit_keys_batched_are_each_requests_template_means(model_name, module)
         texts = [t.format(r.prompt) for t in templates]
         keys = keys_at(model, tok, module, texts, [subject_last(tok, t, r.subject) for t in texts])[0]
         torch.testing.assert_close(K[:, i], (keys[0] + keys[1:].mean(0)) / 2, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("bos", [False, True])
+def test_context_templates_count_the_seed_word_in_their_length(bos, monkeypatch):
+    """As the reference's `generate_fast(max_out_len=length)`: `length` tokens in all, the seed word (and a BOS
+    the tokenizer adds) included; a seed word already that long is the template alone."""
+    from tokenizers import processors
+
+    from editharm.methods._shared import context_templates
+
+    model, _ = models.load(config.load(["model=tiny-llama", "method=rome"]).model, models.cache_root())
+    tok = models.byte_tokenizer()
+    if bos:  # a Llama-style tokenizer: "<s>" before every text
+        tok._tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, tok.bos_token_id)])
+    assert len(tok("I")["input_ids"]) == 1 + bos
+    made, generate = [], model.generate
+
+    def spy(**kw):
+        out = generate(**kw)
+        made.append((kw["input_ids"].shape[1], out.shape[1]))
+        return out
+
+    monkeypatch.setattr(model, "generate", spy)
+    templates = context_templates(model, tok, [[5, 5]], seed=0)
+    # bytes: The 3, Therefore 9, Because 7, I 1, You 3; with BOS one more each; total 5 where shorter
+    assert made == ([(4, 5), (2, 5), (4, 5)] if bos else [(3, 5), (1, 5), (3, 5)])
+    assert len(templates) == 6 and templates[0] == "{}"
+    assert templates[2:4] == ["Therefore. {}", "Because. {}"]
+    assert all(t.startswith(w) for t, w in zip(templates[1:], ["The", "Therefore", "Because", "I", "You"]))

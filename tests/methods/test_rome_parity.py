@@ -1,7 +1,8 @@
 """Our ROME equals the reference implementation's (EasyEdit, the paper's code) on the embedded SmolLM2.
 
-Three of the fixture's eight cases, the ones whose value step stops early (11, 13 and 22 loss evaluations);
-`python benchmarks/rome_parity.py` prints all eight."""
+One of the fixture's eight cases: 6, a prompt with several tokens after the subject (the cases that once
+drifted to 1e-4: the output head run on a slice of the positions) and all 25 loss evaluations;
+`python benchmarks/rome_parity.py` checks all eight."""
 import importlib.util
 from pathlib import Path
 
@@ -13,7 +14,7 @@ SPEC = importlib.util.spec_from_file_location("rome_parity", Path(__file__).pare
 rome_parity = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(rome_parity)
 
-CASES = (1,)  # cases 5 and 0 too in benchmarks/rome_parity.py (about 30 s of CI time each)
+CASES = (6,)  # the other seven in benchmarks/rome_parity.py (about 30 s of CI time each)
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,6 @@ def test_rome_matches_the_reference_in_float32(reference, case):
     ours = rome_parity.vectors(model, tok, cfg, requests[case], cfg.method.context_templates)
     a = rome_parity.agreement(ours, ref, case)
     assert a["k_star_rel"] < 1e-4 and a["u_rel"] < 1e-4
-    assert a["v_minus_Wk_rel"] < 1e-4, a
+    assert a["v_minus_Wk_rel"] < 1e-5 and a["dW_rel"] < 1e-5, a
     expected = next(c["n_loss_evals"] for c in readme["cases"] if c["case_id"] == case)
     assert len(ours.trace.losses) == expected and ours.trace.updates == expected - 1

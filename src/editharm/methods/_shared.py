@@ -23,8 +23,10 @@ TEMPLATE_SEEDS = ("The", "Therefore", "Because", "I", "You")
 
 @torch.no_grad()
 def context_templates(model: nn.Module, tok, length_params: list[list[int]], seed: int) -> list[str]:
-    """`["{}"]` plus, for each `[length, n]`, n prefixes of `length` sampled tokens (top-k 5), each
-    followed by ". {}". Sampling uses its own seeded RNG state, so the global RNG is untouched."""
+    """`["{}"]` plus, for each `[length, n]`, n // 5 prefixes from each of the five seed words, sampled
+    (top-k 5) up to `length` tokens *including the seed word's* (and a BOS the tokenizer adds), as the
+    reference's `generate_fast(max_out_len=length)` counts them, each followed by ". {}". Sampling uses its
+    own seeded RNG state, so the global RNG is untouched."""
     templates = ["{}"]
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -33,9 +35,14 @@ def context_templates(model: nn.Module, tok, length_params: list[list[int]], see
             per_seed = max(1, n // len(TEMPLATE_SEEDS))
             for start in TEMPLATE_SEEDS:
                 ids = tok(start, return_tensors="pt")["input_ids"].to(device)
-                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=5,
-                                     max_new_tokens=length, min_new_tokens=length, num_return_sequences=per_seed,
-                                     pad_token_id=tok.pad_token_id or tok.eos_token_id, top_p=None, temperature=None)
+                new = length - ids.shape[1]
+                if new > 0:
+                    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                         top_k=5, max_new_tokens=new, min_new_tokens=new,
+                                         num_return_sequences=per_seed, pad_token_id=tok.pad_token_id or tok.eos_token_id,
+                                         top_p=None, temperature=None)
+                else:  # the seed word alone already fills the length: the reference generates nothing
+                    out = ids.expand(per_seed, -1)
                 for seq in out:
                     text = tok.decode(seq, skip_special_tokens=True).replace("{", " ").replace("}", " ")
                     templates.append(text + ". {}")
