@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p_eval = sub.add_parser("evaluate", help="score a model or an edited checkpoint on the ability tasks")
     p_eval.add_argument("overrides", nargs="*", help="e.g. model=smollm2-135m tasks.limit=50 checkpoint=runs:/<id>")
     p_stats = sub.add_parser("stats", help="precompute a method's key statistics (second moments) into the cache")
-    p_stats.add_argument("overrides", nargs="*", help="e.g. method=memit model=smollm2-135m method.mom2_n_tokens=50000")
+    p_stats.add_argument("overrides", nargs="*", help="e.g. method=memit model=smollm2-135m method.mom2_n_samples=1000")
     p_mend = sub.add_parser("train-mend", help="train a MEND hypernetwork for a model (logged as runs:/<id>/mend)")
     p_mend.add_argument("overrides", nargs="*", help="e.g. model=smollm2-135m method.train.max_minutes=30")
     p_exp = sub.add_parser("experiment", help="run a grid of edit runs (configs/experiment/NAME.yaml) and its report")
