@@ -123,6 +123,7 @@ def test_a_wikipedia_dump_in_parquet_is_a_corpus_read_lazily(tmp_path):
     corpus = stats.load_corpus(None, str(tmp_path / "wikipedia"))
     assert len(corpus.texts) == 10 and corpus.texts[7] == "Article 7."
     assert stats.sample_texts(corpus, 3) == ["Article 6.", "Article 8.", "Article 9."]
+    assert stats.sample_texts(corpus, 100_000) == [f"Article {i}." for i in range(10)]  # all, in order
     with pytest.raises(DataError, match="hf:<hub id>"):
         stats.load_corpus(None, str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match="could not be loaded"):

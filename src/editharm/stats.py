@@ -132,6 +132,9 @@ class _Column(Sequence):
     def __getitem__(self, i):
         return self._ds[int(i)]["text"]
 
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
 
 def _dataset_corpus(dataset: str) -> Corpus:
     import datasets
