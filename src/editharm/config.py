@@ -358,8 +358,11 @@ def _check_kn(m) -> None:
 
 
 def _check_mend(m, templates) -> None:
-    from editharm.methods.mend import EDIT_LOSS_ON, MONITORS
+    from editharm.methods.mend import EDIT_LOSS_ON, MONITORS, REDUCTIONS
+    from editharm.methods.mend_net import RELUS, V_INITS
 
+    for key, valid in (("v_init", V_INITS), ("relu", RELUS), ("reduction", REDUCTIONS)):
+        _choice(f"method.{key}", m[key], valid)
     _choice("method.train.edit_loss_on", m.train.edit_loss_on, EDIT_LOSS_ON)
     _choice("method.train.monitor", m.train.monitor, tuple(MONITORS))
     if not m.layers or not m.modules:

@@ -23,7 +23,7 @@ from torch.func import functional_call
 from editharm.deltas import Deltas
 from editharm.errors import ConfigError
 from editharm.methods._shared import frozen
-from editharm.methods.mend_net import RELUS, V_INITS, MENDNet, MENDSpec
+from editharm.methods.mend_net import MENDNet, MENDSpec
 from editharm.module import EditModule
 from editharm.nethook import get_module, get_parameter, is_transposed, linear_weight
 from editharm.registry import register_method
@@ -126,10 +126,6 @@ def inner_modules(cfg) -> dict[str, str]:
 def new_spec(cfg, model: nn.Module, identity: str) -> MENDSpec:
     inner, m = inner_modules(cfg), cfg.method
     dims = {p: list(linear_weight(model, mod).shape[::-1]) for p, mod in inner.items()}
-    for key, value, valid in (("v_init", m.v_init, V_INITS), ("relu", m.relu, RELUS),
-                              ("reduction", m.reduction, REDUCTIONS)):
-        if value not in valid:
-            raise ConfigError(f"method.{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
     return MENDSpec(params=list(inner), dims=dims, rank=m.rank, n_hidden=m.n_hidden, edit_lr=m.edit_lr,
                     descent=m.descent, norm=m.norm, v_init=m.v_init, relu=m.relu, model_identity=identity)
 
