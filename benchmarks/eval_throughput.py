@@ -1,11 +1,16 @@
 """Ability-task throughput on a real model, and an independent check of our scoring against lm-eval.
 
     python benchmarks/eval_throughput.py                       # the eight gu2024 tasks, limit 100, bf16
+    python benchmarks/eval_throughput.py --two-pass            # also today's reference path, side by side
     python benchmarks/eval_throughput.py --protocol harness --limit 200
     python benchmarks/eval_throughput.py --tasks sst2,rte,boolq --protocol harness --dtype float32 \
         --limit 200 --compare-lm-eval                          # needs `pip install lm-eval`
 
-Prints examples/second and the score per task, and the wall time of the whole pass; with
+Prints examples/second, the score, the useful FLOPs (prompt, gold and generated tokens through the model, no
+padding; `floor.Forward`) and the achieved GFLOP/s against the bf16/float32 GEMM peak measured at the start of
+the same run. With --two-pass, the generation tasks are also scored the way they were before one-prefill
+scoring (`generate`, then `continuation_logprobs` prefilling every prompt again), on the same batches: both
+times, outputs equal per example, and the gold log-probability's largest and mean difference. With
 --compare-lm-eval, scores the same examples with lm-evaluation-harness (its json loader on the same local
 files, the same model object and batch size) and prints both accuracies, per-example agreement and the
 throughput ratio. Figures are logged to MLflow (experiment `editharm-benchmarks`) unless --no-log.
@@ -25,19 +30,57 @@ from editharm import config, data, models
 from editharm.module import EditModule
 from editharm.tasks import load_task
 from editharm.tasks.evaluator import TaskEvaluator
+from editharm.tasks.inference import continuation_logprobs, generate
+from editharm.tasks.likelihood import gold_text
 from editharm.tasks.task import read_docs, stable_subset
 
+from floor import Forward, gemm_peak
 
-def run_ours(scorer, tok, task, batch_size: int, dtype: str) -> dict:
+
+def run_ours(scorer, tok, task, batch_size: int, dtype: str, batch_tokens: int) -> dict:
     t0 = time.perf_counter()
-    ev = TaskEvaluator(task, tok, batch_size, dtype)
+    ev = TaskEvaluator(task, tok, batch_size, dtype, batch_tokens)
     for batch in ev.dataloader():
         ev.update(scorer, batch)
     values, rows = ev.compute()
     values.update(ev.constants())  # n, chance, majority: params in a run, figures here
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "n": len(task.items), "per_s": len(task.items) / seconds, "values": values, "rows": rows,
-            "primary": ev.metric.primary}
+            "primary": ev.metric.primary, "items": ev.items}
+
+
+def useful_flops(forward: Forward, tok, task, rows: list[dict]) -> float:
+    """FLOPs the task's scoring needs without padding: each prompt once (logits at its end), the gold's tokens
+    after it, and the generated tokens fed back (counted by re-tokenising the output, cut at the stop)."""
+    spec, total = task.spec, 0
+    for row in rows:
+        n = len(tok(row["prompt"])["input_ids"])
+        total += forward.flops(n)
+        if spec.kind == "choice":
+            continue
+        gold = len(tok(spec.target_delimiter + gold_text(spec.gold, row["gold"]), add_special_tokens=False)["input_ids"])
+        made = len(tok(row["output"], add_special_tokens=False)["input_ids"])
+        total += forward.flops(gold - 1, n, logits=gold - 1) + forward.flops(max(made - 1, 0), n, logits=max(made - 1, 0))
+    return float(total)
+
+
+def run_two_pass(model, tok, task, ours: dict, batch_size: int) -> dict:
+    """A generation task scored as before (length-sorted batches of `batch_size` prompts, each prefilled by
+    `generate` and again by `continuation_logprobs`); its time and agreement with ours."""
+    spec = task.spec
+    t0, outputs, logps = time.perf_counter(), {}, {}
+    for start in range(0, len(ours["items"]), batch_size):
+        batch = ours["items"][start:start + batch_size]
+        prompts = [it.prompt for it in batch]
+        golds = [spec.target_delimiter + gold_text(spec.gold, it.target) for it in batch]
+        texts = generate(model, tok, prompts, spec.generation.max_new_tokens, list(spec.generation.stop), len(batch))
+        for it, text, lp in zip(batch, texts, continuation_logprobs(model, tok, prompts, golds, len(batch))):
+            outputs[it.index], logps[it.index] = text, lp
+    seconds = time.perf_counter() - t0
+    diffs = [abs(r["gold_logprob"] - logps[r["index"]]) for r in ours["rows"]]
+    return {"two_pass_seconds": seconds, "speedup": seconds / ours["seconds"],
+            "outputs_equal": sum(r["output"] == outputs[r["index"]] for r in ours["rows"]) / len(diffs),
+            "gold_logprob_max_diff": max(diffs), "gold_logprob_mean_diff": sum(diffs) / len(diffs)}
 
 
 LM_EVAL_YAML = {  # lm-evaluation-harness task definitions over our local files (json loader)
@@ -80,9 +123,12 @@ def main() -> None:
     p.add_argument("--protocol", default="gu2024")
     p.add_argument("--tasks", default=",".join(config.TASKS))
     p.add_argument("--limit", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-tokens", type=int, default=4096)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--compare-lm-eval", action="store_true")
+    p.add_argument("--two-pass", type=int, nargs="?", const=32, metavar="BATCH",
+                   help="also score as before one-prefill scoring (fixed batches of BATCH prompts, 32), side by side")
     p.add_argument("--no-log", action="store_true")
     p.add_argument("--out", help="also write the figures as JSON here")
     args = p.parse_args()
@@ -93,18 +139,31 @@ def main() -> None:
     model, tok = models.load(cfg.model, models.cache_root())
     load_s = time.perf_counter() - t_load
     scorer = EditModule(cfg, model, tok, [], n_requests=0)  # for its scoring_model(dtype)
+    forward = Forward.of(model)
+    peak = {name: gemm_peak(getattr(torch, name)) for name in ("bfloat16", "float32")}
     print(f"model {args.model} loaded in {load_s:.1f} s; torch threads {torch.get_num_threads()}; "
           f"protocol {args.protocol}, limit {args.limit}, batch {args.batch_size}, dtype {args.dtype}")
-    figures: dict = {"load_s": load_s, "tasks": {}}
+    print(f"GEMM peak at the prefill shapes: bf16 {peak['bfloat16']:.0f} GFLOP/s, float32 {peak['float32']:.0f} GFLOP/s")
+    figures: dict = {"load_s": load_s, "peak_gflops": peak, "tasks": {}}
     t_all = time.perf_counter()
     for name in args.tasks.split(","):
         task = load_task(name, args.protocol, root, args.limit)
-        ours = run_ours(scorer, tok, task, args.batch_size, args.dtype)
+        ours = run_ours(scorer, tok, task, args.batch_size, args.dtype, args.batch_tokens)
         main_key = ours["primary"]
         line = (f"{name:12s} n={ours['n']:4d} {ours['seconds']:6.1f} s {ours['per_s']:7.2f} ex/s  "
                 f"{main_key}={ours['values'][main_key]:.3f} [{ours['values'][main_key + '_ci_low']:.3f}, "
                 f"{ours['values'][main_key + '_ci_high']:.3f}] valid={ours['values']['valid_rate']:.2f}")
-        fig = {"primary": main_key, "n": ours["n"], "seconds": ours["seconds"], "examples_per_s": ours["per_s"], **ours["values"]}
+        flops = useful_flops(forward, tok, task, ours["rows"])
+        gflops = flops / ours["seconds"] / 1e9
+        line += f" {flops / 1e12:.2f} TFLOP {gflops:.0f} GFLOP/s ({gflops / peak[args.dtype]:.0%} of peak)"
+        fig = {"primary": main_key, "n": ours["n"], "seconds": ours["seconds"], "examples_per_s": ours["per_s"],
+               "tflop": flops / 1e12, "gflops": gflops, "fraction_of_peak": gflops / peak[args.dtype], **ours["values"]}
+        if args.two_pass and task.spec.kind != "choice":
+            ref = run_two_pass(scorer.scoring_model(getattr(torch, args.dtype)), tok, task, ours, args.two_pass)
+            fig.update(ref)
+            line += (f" | before {ref['two_pass_seconds']:.1f} s (x{ref['speedup']:.2f}), outputs equal "
+                     f"{ref['outputs_equal']:.2f}, gold logp diff max {ref['gold_logprob_max_diff']:.3f} "
+                     f"mean {ref['gold_logprob_mean_diff']:.4f}")
         if args.compare_lm_eval:
             theirs = run_lm_eval(model, tok, name, task, root, args.batch_size)
             mine = [r["parsed"] for r in sorted(ours["rows"], key=lambda r: r["index"])]
@@ -119,7 +178,16 @@ def main() -> None:
         figures["tasks"][name] = fig
     figures["pass_s"] = sum(f["seconds"] for f in figures["tasks"].values())
     figures["wall_s"] = time.perf_counter() - t_all
-    print(f"whole pass: {figures['pass_s']:.1f} s scoring ({figures['wall_s']:.1f} s wall incl. loading tasks)")
+    figures["tflop"] = sum(f["tflop"] for f in figures["tasks"].values())
+    figures["fraction_of_peak"] = figures["tflop"] * 1e3 / figures["pass_s"] / peak[args.dtype]
+    if args.two_pass:
+        before = sum(f.get("two_pass_seconds", 0.0) for f in figures["tasks"].values())
+        figures.update(before_s=before, before_fraction_of_peak=figures["tflop"] * 1e3 / before / peak[args.dtype])
+        print(f"before (two passes, batches of {args.two_pass}): {before:.1f} s, {figures['before_fraction_of_peak']:.0%} "
+              f"of the {args.dtype} peak: x{before / figures['pass_s']:.2f}")
+    print(f"whole pass: {figures['pass_s']:.1f} s scoring ({figures['wall_s']:.1f} s wall incl. loading tasks); "
+          f"{figures['tflop']:.1f} TFLOP, {figures['fraction_of_peak']:.0%} of the {args.dtype} peak "
+          f"(the floor at peak: {figures['tflop'] * 1e3 / peak[args.dtype]:.0f} s)")
     if args.out:
         Path(args.out).write_text(json.dumps(figures, indent=2))
     if not args.no_log:
@@ -132,7 +200,9 @@ def log(args, figures: dict) -> None:
     mlflow.set_experiment("editharm-benchmarks")
     with mlflow.start_run(run_name=f"eval-throughput-{args.protocol}-{args.model}"):
         mlflow.log_params(vars(args))
-        mlflow.log_metric("bench/pass_s", figures["pass_s"])
+        mlflow.log_metrics({"bench/pass_s": figures["pass_s"], "bench/tflop": figures["tflop"],
+                            "bench/fraction_of_peak": figures["fraction_of_peak"],
+                            **{f"bench/peak_gflops_{k}": v for k, v in figures["peak_gflops"].items()}})
         for name, fig in figures["tasks"].items():
             mlflow.log_metrics({f"bench/{name}/{k}": float(v) for k, v in fig.items() if isinstance(v, (int, float))})
         mlflow.log_dict(figures, "benchmark/eval_throughput.json")

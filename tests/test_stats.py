@@ -7,6 +7,7 @@ import torch
 from tokenizers import processors
 
 from editharm import config, guards, models, stats
+from editharm.batching import length_batches
 from editharm.errors import DataError
 
 
@@ -34,7 +35,7 @@ def test_second_moment_masks_padding_and_early_exit_changes_nothing(tiny):
     model, _ = tiny
     g = torch.Generator().manual_seed(0)
     samples = [torch.randint(0, 256, (n,), generator=g).tolist() for n in (16, 3, 9, 1, 12)]
-    assert len(stats.length_batches(samples, batch_tokens=32)) > 1  # several padded batches
+    assert len(length_batches(samples, batch_tokens=32)) > 1  # several padded batches
     early = stats.second_moments(model, MODULES, samples, batch_tokens=32, progress=False)
     full = stats.second_moments(model, MODULES, samples, batch_tokens=32, early_exit=False, progress=False)
     for m in MODULES:
@@ -47,7 +48,10 @@ def test_length_batches_follow_the_reference_collation():
     samples = [[1] * n for n in (5, 2, 7, 3)]
     # longest first; a sample joins while the batch's width × (rows + 1) stays within 10 tokens:
     # 7 alone (7 × 2 = 14 > 10), 5 and 3 (5 × 2 = 10), then 2 (5 × 3 = 15 > 10)
-    assert [[len(s) for s in b] for b in stats.length_batches(samples, 10)] == [[7], [5, 3], [2]]
+    assert [[len(s) for s in b] for b in length_batches(samples, 10)] == [[7], [5, 3], [2]]
+    # a row cap splits a batch the budget allows; any item type, with its length given
+    lengths = {"a": 1, "b": 1, "c": 3, "d": 1}
+    assert length_batches(list("abcd"), 100, max_rows=2, length=lengths.get) == [["c", "a"], ["b", "d"]]
 
 
 def test_early_exit_skips_the_layers_above(tiny):

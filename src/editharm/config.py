@@ -115,7 +115,11 @@ class TasksConfig:
     """Examples per task (a seeded, stable, nested subset); null for the full sets."""
     seed: int = 0
     """Seed of the subset selection."""
-    batch_size: int = 32
+    batch_size: int = 64
+    """Most prompts in one scoring batch."""
+    batch_tokens: int = 4096
+    """Padded tokens in one scoring batch (prompts × the longest): long prompts go in small batches, short ones
+    in large, so little of a batch is padding."""
     dtype: str = "bfloat16"
     """Precision the tasks are scored in: a copy of the current weights in this dtype, refreshed before
     every evaluation (bfloat16 prefill is ~4x faster than float32 on CPUs with AMX, and standard on GPUs).
@@ -290,6 +294,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"edits.n={e.n} must be a multiple of edits.batch_size={e.batch_size}")
     if cfg.tasks.limit is not None and cfg.tasks.limit < 1:
         raise ConfigError(f"tasks.limit must be >= 1 or null, got {cfg.tasks.limit}")
+    for key in ("batch_size", "batch_tokens"):
+        if cfg.tasks[key] < 1:
+            raise ConfigError(f"tasks.{key} must be >= 1, got {cfg.tasks[key]}")
     n_layers, m = cfg.model.n_layers, cfg.method
     chosen = ([m.layer] if "layer" in m else []) + (list(m.layers) if m.get("layers") is not None else [])
     if outside := [layer for layer in chosen if not 0 <= layer < n_layers]:

@@ -47,7 +47,7 @@ def _ability_evaluators(cfg, tok, tasks, probe) -> list:
     from editharm.evaluators import PerplexityEvaluator
     from editharm.tasks.evaluator import TaskEvaluator
 
-    out = [TaskEvaluator(task, tok, cfg.tasks.batch_size, cfg.tasks.dtype) for task in tasks]
+    out = [TaskEvaluator(task, tok, cfg.tasks.batch_size, cfg.tasks.dtype, cfg.tasks.batch_tokens) for task in tasks]
     if probe is not None:
         out.append(PerplexityEvaluator(tok, probe, cfg.probe.n_tokens, cfg.probe.chunk_tokens))
     return out

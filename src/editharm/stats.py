@@ -35,6 +35,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from editharm.batching import length_batches
 from editharm.errors import DataError
 from editharm.nethook import StopForward, get_module, run_until
 
@@ -177,18 +178,6 @@ def encode_samples(tok, texts: list[str], max_len: int) -> list[list[int]]:
     that encode to nothing are dropped."""
     ids = [tok(t, truncation=True, max_length=max_len, verbose=False)["input_ids"] for t in texts]
     return [x for x in ids if x]
-
-
-def length_batches(samples: list[list[int]], batch_tokens: int) -> list[list[list[int]]]:
-    """Samples sorted longest first and grouped so that a batch's padded size (width × rows) stays within
-    `batch_tokens` (a single longer sample is a batch of its own), as the reference's `length_collation`."""
-    batches, batch = [], []
-    for s in sorted(samples, key=len, reverse=True):
-        if batch and len(batch[0]) * (len(batch) + 1) > batch_tokens:
-            batches.append(batch)
-            batch = []
-        batch.append(s)
-    return batches + ([batch] if batch else [])
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """Batched inference equals the obvious one-example-at-a-time computation."""
 import pytest
 
-from editharm.tasks.inference import choice_logliks, cut_at_stop, generate
+from editharm.tasks.inference import choice_logliks, continuation_logprobs, cut_at_stop, generate, generate_and_score
 from tests.tasks.conftest import naive_logps
 
 
@@ -45,3 +45,24 @@ def test_stop_strings_cut_the_continuation(tiny):
     cut = generate(model, tok, ["The cat"], max_new_tokens=8, stop=[stop])[0]
     assert cut == cut_at_stop(full, [stop]) and stop not in cut
     assert cut_at_stop("a\nb.c", ["\n", "."]) == "a"
+
+
+@pytest.mark.parametrize("stop", [[], ["a"], ["\n", "e"]])
+def test_one_prefill_generates_and_scores_as_two_passes(tiny, stop):
+    """Greedy outputs equal `generate`'s and gold log-probs equal `continuation_logprobs`', while each prompt
+    goes through the model once: every other forward pass is the gold's tokens or one decoding step."""
+    model, tok = tiny
+    prompts = ["The cat", "A considerably longer prompt about cats", "Q", "xyz abc", "mm"]
+    golds = [" a b", " c", " a much longer gold answer", " zz", " q"]
+    calls = []  # (tokens fed, whether a cache was given)
+    hook = model.register_forward_pre_hook(
+        lambda m, a, kw: calls.append((kw["input_ids"].shape[1], kw.get("past_key_values") is not None)), with_kwargs=True)
+    try:
+        texts, logps = generate_and_score(model, tok, prompts, golds, max_new_tokens=7, stop=stop, batch_size=3)
+    finally:
+        hook.remove()
+    assert texts == generate(model, tok, prompts, max_new_tokens=7, stop=stop, batch_size=3)
+    assert logps == pytest.approx(continuation_logprobs(model, tok, prompts, golds, batch_size=2), abs=1e-5)
+    assert sum(not cached for _, cached in calls) == 2  # one prefill per batch of 3 and 2 prompts
+    gold_widths = {len(tok(g, add_special_tokens=False)["input_ids"]) - 1 for g in golds}
+    assert all(width == 1 or width in gold_widths for width, cached in calls if cached)

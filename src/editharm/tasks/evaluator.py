@@ -12,9 +12,10 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from editharm.batching import length_batches
 from editharm.evaluators import Evaluator
 from editharm.registry import METRICS, lookup
-from editharm.tasks.inference import choice_logliks, continuation_logprobs, generate
+from editharm.tasks.inference import choice_logliks, generate_and_score
 from editharm.tasks.likelihood import CHOICE_STATS, GENERATE_STATS, GoldLikelihood, choice_gold, gold_text
 from editharm.tasks.task import Item, Task
 
@@ -22,29 +23,33 @@ from editharm.tasks.task import Item, Task
 class TaskEvaluator(Evaluator):
     """Scores a task's items with greedy generation + parsing, or with choice log-likelihoods.
 
-    Items are sorted by prompt length so batches pad little; under DDP each process takes every
-    world-size-th item and the metric gathers per-example rows, so the numbers equal a single process's.
+    Items are sorted by prompt length and grouped under a padded-token budget (`batch_tokens`, at most
+    `batch_size` rows), so long prompts go in small batches and short ones in large; under DDP each process
+    takes every world-size-th item and the metric gathers per-example rows, so the numbers equal a single
+    process's.
     """
 
-    def __init__(self, task: Task, tok, batch_size: int = 32, dtype: str = "float32"):
+    def __init__(self, task: Task, tok, batch_size: int = 64, dtype: str = "float32", batch_tokens: int = 4096):
         super().__init__()
         self.task = task
         self.name = task.spec.name
         self.prefix = f"ability/{task.spec.name}"
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
         self.dtype = getattr(torch, dtype)
         self.metric = lookup(METRICS, task.spec.metric, "metric")()
         self.likelihood = GoldLikelihood(CHOICE_STATS if task.spec.kind == "choice" else GENERATE_STATS)
         self.has_baseline = False
-        lengths = {it.index: len(tok(it.prompt)["input_ids"]) for it in task.items}
-        self.items = sorted(task.items, key=lambda it: (-lengths[it.index], it.index))
+        self.lengths = {it.index: len(tok(it.prompt)["input_ids"]) for it in task.items}
+        self.items = sorted(task.items, key=lambda it: (-self.lengths[it.index], it.index))
         self.rows: list[dict] = []
 
     def dataloader(self) -> DataLoader:
         items = self.items
         if dist.is_available() and dist.is_initialized():
             items = items[dist.get_rank()::dist.get_world_size()]
-        return DataLoader(items, batch_size=self.batch_size, collate_fn=list)
+        batches = length_batches(items, self.batch_tokens, self.batch_size, lambda it: self.lengths[it.index])
+        return DataLoader(batches, batch_size=None, collate_fn=list)
 
     def update(self, module, batch: list[Item]) -> None:
         spec = self.task.spec
@@ -56,11 +61,11 @@ class TaskEvaluator(Evaluator):
             parsed = [max(range(len(s)), key=s.__getitem__) for s in scores]
             gold = [choice_gold(s, it.target) for s, it in zip(scores, batch)]
         else:
-            outputs = generate(model, module.tokenizer, prompts, spec.generation.max_new_tokens,
-                               list(spec.generation.stop), len(batch))
-            parsed = [self.task.parse(o) for o in outputs]
             texts = [spec.target_delimiter + gold_text(spec.gold, it.target) for it in batch]
-            gold = [(lp,) for lp in continuation_logprobs(model, module.tokenizer, prompts, texts, len(batch))]
+            outputs, logps = generate_and_score(model, module.tokenizer, prompts, texts, spec.generation.max_new_tokens,
+                                                list(spec.generation.stop), len(batch))
+            parsed = [self.task.parse(o) for o in outputs]
+            gold = [(lp,) for lp in logps]
         targets = [it.target for it in batch]
         index = [it.index for it in batch]
         self.metric.update(index, parsed, targets)

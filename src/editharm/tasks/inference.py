@@ -4,6 +4,9 @@
 - `choice_logliks`: each context is encoded once (left-padded batch, explicit position ids so absolute
   position embeddings are right too); its KV cache is then shared by all of its choices, whose tokens
   are scored in one more forward pass. Single-token choices need no second pass at all.
+- `generate_and_score`: greedy continuations and the gold answer's mean per-token log-probability from one
+  prefill per prompt: the prompt's KV cache scores the gold tokens, is cropped back to the prompt, and the
+  greedy decoding continues from it.
 - `continuation_logprobs`: mean per-token log P(continuation | context), one left-padded pass per batch
   (explicit position ids) that keeps logits only over the continuations.
 """
@@ -52,6 +55,84 @@ def generate(model: nn.Module, tok, prompts: list[str], max_new_tokens: int, sto
         texts = tok.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
         for i, text in zip(chunk, texts):
             out[i] = cut_at_stop(text, stop)
+    return out
+
+
+@torch.no_grad()
+def generate_and_score(model: nn.Module, tok, prompts: list[str], golds: list[str], max_new_tokens: int,
+                       stop: list[str] | None = None, batch_size: int = 16) -> tuple[list[str], list[float]]:
+    """`(greedy continuations, mean per-token log P(gold | prompt))`: what `generate` and
+    `continuation_logprobs` return, from one prefill of each prompt (golds carry their own delimiter)."""
+    stop = list(stop or [])
+    device = next(model.parameters()).device
+    ctx = [tok(p)["input_ids"] for p in prompts]
+    gold = [tok(g, add_special_tokens=False)["input_ids"] for g in golds]
+    if any(not g for g in gold):
+        raise ValueError("a gold answer tokenises to zero tokens")
+    order = sorted(range(len(prompts)), key=lambda i: -len(ctx[i]))
+    texts, logps = [""] * len(prompts), [0.0] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        outs = _generate_chunk(model, tok, [ctx[i] for i in chunk], [gold[i] for i in chunk], max_new_tokens, stop, device)
+        for i, (text, lp) in zip(chunk, outs):
+            texts[i], logps[i] = text, lp
+    return texts, logps
+
+
+def _generate_chunk(model, tok, ctx, gold, max_new_tokens, stop, device) -> list[tuple[str, float]]:
+    ids, mask = pad(ctx, tok, device, left=True)
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    first = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    cache, last = first.past_key_values, first.logits[:, -1].float()
+    logps = _gold_logps(model, tok, cache, mask, pos, last.log_softmax(-1), gold, device)
+    tokens = _greedy(model, tok, cache, mask, pos[:, -1:], last.argmax(-1), max_new_tokens, stop, device)
+    return [(cut_at_stop(tok.decode(t, skip_special_tokens=True), stop), lp) for t, lp in zip(tokens, logps)]
+
+
+def _gold_logps(model, tok, cache, mask, pos, first: torch.Tensor, gold, device) -> list[float]:
+    """Mean log P of each row's gold tokens, teacher-forced on the prompt's cache (`first`: the log-probs
+    after the prompt)."""
+    sums = [float(first[r, g[0]]) for r, g in enumerate(gold)]
+    longest = max(len(g) for g in gold)
+    if longest > 1:
+        feed = torch.full((len(gold), longest - 1), pad_id(tok), dtype=torch.long)
+        for r, g in enumerate(gold):
+            feed[r, :len(g) - 1] = torch.tensor(g[:-1], dtype=torch.long)
+        feed_mask = torch.cat([mask, torch.ones(len(gold), longest - 1, dtype=mask.dtype, device=device)], 1)
+        feed_pos = pos[:, -1:] + 1 + torch.arange(longest - 1, device=device)
+        logits = model(input_ids=feed.to(device), attention_mask=feed_mask, position_ids=feed_pos,
+                       past_key_values=cache, use_cache=True).logits
+        for r, g in enumerate(gold):  # a row at a time: (rows × gold × vocab) float32 log-probs would be GBs
+            logp = logits[r, :len(g) - 1].float().log_softmax(-1)
+            sums[r] += float(logp[torch.arange(len(g) - 1), torch.tensor(g[1:], dtype=torch.long)].sum())
+        cache.crop(-(longest - 1))  # back to the prompt, for the decoding
+    return [s / len(g) for s, g in zip(sums, gold)]
+
+
+def _greedy(model, tok, cache, mask, pos, nxt: torch.Tensor, max_new_tokens: int, stop, device) -> list[list[int]]:
+    """Greedy decoding from a prefilled cache: a row ends at EOS, at a stop string or at `max_new_tokens`.
+    A row that ended leaves the batch (its cache rows are dropped), so the rest decode at the live rows' cost."""
+    out: list[list[int]] = [[] for _ in range(len(nxt))]
+    live = list(range(len(nxt)))  # the rows still decoding, in batch order
+    for step in range(max_new_tokens):
+        ended = []
+        for b, r in enumerate(live):
+            out[r].append(int(nxt[b]))
+            if out[r][-1] == tok.eos_token_id or any(s in tok.decode(out[r], skip_special_tokens=True) for s in stop):
+                ended.append(b)
+        if len(ended) == len(live) or step == max_new_tokens - 1:
+            break
+        if ended:
+            keep = sorted(set(range(len(live))) - set(ended))
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            mask, pos, nxt = mask[index], pos[index], nxt[index]
+            live = [live[b] for b in keep]
+        mask = torch.cat([mask, torch.ones(len(live), 1, dtype=mask.dtype, device=device)], 1)
+        pos = pos + 1
+        logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache,
+                       use_cache=True, logits_to_keep=1).logits
+        nxt = logits[:, -1].argmax(-1)
     return out
 
 
