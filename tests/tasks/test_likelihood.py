@@ -7,7 +7,7 @@ import torch
 from editharm import config, models
 from editharm.tasks import load_task
 from editharm.tasks.evaluator import TaskEvaluator
-from editharm.tasks.inference import continuation_logprobs
+from editharm.tasks.inference import choice_logliks, continuation_logprobs, generate
 from editharm.tasks.likelihood import gold_text
 from editharm.tasks.spec import Gold, load_spec
 from tests.tasks.conftest import naive_logps
@@ -55,6 +55,32 @@ def test_generation_gold_logprob_is_the_mean_token_logprob_of_the_gold_text(tiny
     assert values["gold_logprob"] == pytest.approx(sum(want) / len(want), abs=1e-4)
     assert values["gold_logprob_ci_low"] <= values["gold_logprob"] <= values["gold_logprob_ci_high"]
     assert "gold_mass" not in values and "n" not in values and "gold_logprob_delta" not in values
+
+
+@pytest.mark.parametrize("protocol", ["gu2024", "harness"])
+def test_every_task_scores_as_one_prompt_at_a_time(data_dir, protocol):
+    """The evaluator's token-budget batches and one-prefill scoring give each example what the plain
+    per-example path gives: the same greedy output and gold log-probability, or the same choice scores."""
+    model, tok = models.load(config.load(["model=tiny-llama"]).model, models.cache_root())
+    batches = []
+    for name in config.TASKS:
+        task = load_task(name, protocol, data_dir)
+        ev = TaskEvaluator(task, tok, batch_size=3, batch_tokens=96)
+        batches.append(len(ev.dataloader()))
+        _, rows = _evaluate(ev, model, tok)
+        spec = task.spec
+        for row in rows:
+            item = task.items[row["index"]]
+            if spec.kind == "choice":
+                assert row["output"] == pytest.approx(choice_logliks(model, tok, [item.prompt], [list(item.choices)])[0],
+                                                      abs=1e-4)
+                continue
+            gold = spec.target_delimiter + gold_text(spec.gold, item.target)
+            assert row["output"] == generate(model, tok, [item.prompt], spec.generation.max_new_tokens,
+                                             list(spec.generation.stop))[0], (name, row["index"])
+            assert row["gold_logprob"] == pytest.approx(continuation_logprobs(model, tok, [item.prompt], [gold])[0],
+                                                        abs=1e-4)
+    assert max(batches) > 1  # the budget split some task
 
 
 @pytest.mark.parametrize("name", ["sst2", "mutual"])
