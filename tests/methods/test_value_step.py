@@ -7,6 +7,7 @@ import torch
 from editharm import config, models
 from editharm.errors import ConfigError
 from editharm.methods import value
+from editharm.methods._shared import lowered
 from editharm.methods.memit import MEMIT
 from editharm.methods.rome import ROME
 from editharm.methods.value import optimize_value, value_loss
@@ -33,12 +34,12 @@ def tiny():
     return models.load(cfg.model, models.cache_root())
 
 
-def _optimize(tiny, steps: int, stop_loss: float = -math.inf, lr: float = 0.1):
+def _optimize(tiny, steps: int, stop_loss: float = -math.inf, lr: float = 0.1, autocast=None):
     model, tok = tiny
     r = REQUESTS[0]
     return optimize_value(model, tok, "model.layers.0.mlp.down_proj", [r.prompt], r.subject, r.target_new,
                           [f"{r.subject} is a"], steps=steps, lr=lr, weight_decay=0.0, kl_factor=0.0625,
-                          clamp_norm_factor=1e6, stop_loss=stop_loss)
+                          clamp_norm_factor=1e6, stop_loss=stop_loss, autocast=autocast)
 
 
 def test_steps_count_loss_evaluations_and_the_last_one_is_not_followed_by_an_update(tiny):
@@ -192,3 +193,19 @@ def test_cached_prefixes_give_the_values_of_whole_rows(model_name, module):
     torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-4, atol=1e-4)
     for a, b in zip(out[True][2], out[False][2]):
         assert a.losses == pytest.approx(b.losses, rel=1e-5) and a.updates == b.updates == 4
+
+
+def test_a_bf16_value_step_runs_on_a_cast_copy_and_lands_near_float32(tiny):
+    """`v_autocast`: the passes run on a bf16 copy (weights cast once, ties kept, eager attention) while the
+    model itself is untouched; δ lands where float32's does, and v0 is float32 in both."""
+    model, _ = tiny
+    low = lowered(model, torch.bfloat16)
+    assert {p.dtype for p in low.parameters()} == {torch.bfloat16} and not any(p.requires_grad for p in low.parameters())
+    assert low.get_output_embeddings().weight is low.get_input_embeddings().weight  # tied stays tied
+    assert low.config._attn_implementation == "eager" and model.config._attn_implementation == "sdpa"
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    v32, v0_32, _ = _optimize(tiny, steps=6)
+    v16, v0_16, _ = _optimize(tiny, steps=6, autocast=torch.bfloat16)
+    assert v16.dtype == v0_16.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(v16 - v0_16, v32 - v0_32, 0) > 0.99
+    assert all(torch.equal(p, before[n]) and p.dtype == torch.float32 for n, p in model.named_parameters())

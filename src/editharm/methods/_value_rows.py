@@ -47,8 +47,7 @@ class Batch:
     `first[j]` request j's first row, `at[row]` the subject's position in the suffix. Without `cache_prefix`
     every row is all suffix (the whole row runs at every step, as the reference does)."""
 
-    def __init__(self, model: nn.Module, tok, requests: list[Rows], autocast: torch.dtype | None,
-                 cache_prefix: bool = True):
+    def __init__(self, model: nn.Module, tok, requests: list[Rows], cache_prefix: bool = True):
         device = next(model.parameters()).device
         rows = [(r, p) for q in requests for r, p in zip(q.rows, q.pos)]
         cut = [p if cache_prefix else 0 for _, p in rows]
@@ -57,18 +56,13 @@ class Batch:
         for q in requests:
             self.first.append(self.first[-1] + len(q.rows))
         self.keep = max(q.needed() for q in requests)
-        self.autocast = autocast
         prefix_ids, prefix_mask = pad([r[:c] for (r, _), c in zip(rows, cut)], tok, device, left=True)
         self.ids, suffix_mask = pad([r[c:] for (r, _), c in zip(rows, cut)], tok, device, left=True)
         self.at = torch.tensor([self.ids.shape[1] - (len(r) - p) for r, p in rows], device=device)
         self.mask = torch.cat([prefix_mask, suffix_mask], 1)
         positions = (self.mask.cumsum(-1) - 1).clamp_min(0)
         self.position_ids = positions[:, prefix_ids.shape[1]:]
-        with self._autocast(device):
-            self.kv = prefix_kv(model, prefix_ids, prefix_mask, positions[:, :prefix_ids.shape[1]])
-
-    def _autocast(self, device: torch.device):
-        return torch.autocast(device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None)
+        self.kv = prefix_kv(model, prefix_ids, prefix_mask, positions[:, :prefix_ids.shape[1]])
 
     def logits(self, model: nn.Module) -> torch.Tensor:
         """(rows, keep, vocab) logits of the suffixes' last `keep` positions, over the cached prefixes.
@@ -79,7 +73,6 @@ class Batch:
         differently from the reference (which runs the head on every position), and Adam carried that to
         1e-4 in ΔW (SmolLM2 fixture, the prompts with several tokens after the subject)."""
         cache = kv_cache(self.kv)
-        with self._autocast(self.ids.device):
-            out = model(input_ids=self.ids, attention_mask=self.mask, position_ids=self.position_ids,
-                        past_key_values=cache, use_cache=cache is not None)
+        out = model(input_ids=self.ids, attention_mask=self.mask, position_ids=self.position_ids,
+                    past_key_values=cache, use_cache=cache is not None)
         return out.logits[:, -self.keep:]
