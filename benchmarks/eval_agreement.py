@@ -2,8 +2,8 @@
 
     python benchmarks/eval_agreement.py --tasks rte,nq_open --limit 100
 
-Scores each task five ways: the previous path (`generate` then `continuation_logprobs`, length-sorted
-batches of 32, and of 16) in bfloat16, the current one (`generate_and_score` on `TaskEvaluator`'s
+Scores each task five ways: the previous path's generation (`generate`, length-sorted batches of 32, and of
+16) in bfloat16, the current one (`generate_and_score` on `TaskEvaluator`'s
 token-budget batches) in bfloat16, and both again in float32. Prints the share of equal outputs for each
 pair: in float32 the two paths must agree (they compute the same thing), while in bfloat16 a batch's
 padding alone moves some outputs, which is the bar the current path's bf16 agreement is read against.

@@ -118,8 +118,8 @@ class TasksConfig:
     batch_size: int = 64
     """Most prompts in one scoring batch."""
     batch_tokens: int = 4096
-    """Padded tokens in one scoring batch (prompts × the longest): long prompts go in small batches, short ones
-    in large, so little of a batch is padding."""
+    """Padded prompt tokens in one scoring batch (prompts × the longest; the gold's and the choices' tokens
+    come on top): long prompts go in small batches, short ones in large, so little of a batch is padding."""
     dtype: str = "bfloat16"
     """Precision the tasks are scored in: a copy of the current weights in this dtype, refreshed before
     every evaluation (bfloat16 prefill is ~4x faster than float32 on CPUs with AMX, and standard on GPUs).

@@ -1,4 +1,6 @@
 """Batched inference equals the obvious one-example-at-a-time computation."""
+import copy
+
 import pytest
 
 from editharm.tasks.inference import choice_logliks, continuation_logprobs, cut_at_stop, generate, generate_and_score
@@ -66,3 +68,29 @@ def test_one_prefill_generates_and_scores_as_two_passes(tiny, stop):
     assert sum(not cached for _, cached in calls) == 2  # one prefill per batch of 3 and 2 prompts
     gold_widths = {len(tok(g, add_special_tokens=False)["input_ids"]) - 1 for g in golds}
     assert all(width == 1 or width in gold_widths for width, cached in calls if cached)
+
+
+@pytest.mark.parametrize("max_new_tokens", [1, 7])
+def test_rows_that_end_early_leave_the_batch_and_the_rest_decode_as_before(tiny, max_new_tokens):
+    """A row ends at a stop string (chosen from its own greedy output, so it ends at the first token) or at
+    EOS (the tokenizer's EOS set to another row's first token); the others decode on in a narrower batch and
+    every output equals `generate`'s."""
+    model, tok = tiny
+    prompts = ["The cat", "A considerably longer prompt about cats", "Q", "xyz abc"]
+    golds = [" a", " bb", " c", " dd"]
+    free = generate(model, tok, prompts, max_new_tokens=7)
+    stops = [free[1][0]]  # row 1 (and any row whose output has that character) ends there
+    early = copy.deepcopy(tok)
+    early.eos_token = tok.convert_ids_to_tokens(tok(free[0], add_special_tokens=False)["input_ids"][0])
+    for t in (tok, early):
+        rows = []
+        hook = model.register_forward_pre_hook(
+            lambda m, a, kw: rows.append(kw["input_ids"].shape[0]) if kw["input_ids"].shape[1] == 1 else None,
+            with_kwargs=True)
+        try:
+            texts, _ = generate_and_score(model, t, prompts, golds, max_new_tokens, stop=stops, batch_size=4)
+        finally:
+            hook.remove()
+        assert texts == generate(model, t, prompts, max_new_tokens, stop=stops, batch_size=4)
+        if max_new_tokens > 1:
+            assert rows and max(rows) < 4  # ended rows left before the first decoding step

@@ -5,6 +5,8 @@
 - `subject_last`: the position of the subject's last token in a text.
 - `keys_at`: a module's input (and output) at given positions, from one early-exit forward pass.
 - `prefix_kv`, `kv_cache`: tokens that a later change cannot reach, run once and served as a KV cache.
+- `lowered`: a frozen copy of the model in a lower precision (the value step's `v_autocast`).
+- `frozen`: no parameter gradients inside a block.
 The value step (v*, z) is `methods/value.py`.
 """
 from __future__ import annotations

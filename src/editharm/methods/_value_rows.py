@@ -64,6 +64,23 @@ class Batch:
         self.position_ids = positions[:, prefix_ids.shape[1]:]
         self.kv = prefix_kv(model, prefix_ids, prefix_mask, positions[:, :prefix_ids.shape[1]])
 
+    def subset(self, kept: list[int]) -> Batch:
+        """The same batch without the requests not in `kept` (positions 0..n−1, in order): their rows are
+        dropped from every tensor and from the cached prefixes, which are not run again; the remaining rows
+        keep their padding, which is masked."""
+        rows = [r for j in kept for r in range(self.first[j], self.first[j + 1])]
+        index = torch.tensor(rows, device=self.ids.device)
+        out = object.__new__(Batch)
+        out.owner = torch.tensor([k for k, j in enumerate(kept) for _ in range(self.first[j], self.first[j + 1])],
+                                 device=self.ids.device)
+        out.first = [0]
+        for j in kept:
+            out.first.append(out.first[-1] + self.first[j + 1] - self.first[j])
+        out.keep = self.keep
+        out.ids, out.at, out.mask, out.position_ids = self.ids[index], self.at[index], self.mask[index], self.position_ids[index]
+        out.kv = [(k[index], v[index]) for k, v in self.kv]
+        return out
+
     def logits(self, model: nn.Module) -> torch.Tensor:
         """(rows, keep, vocab) logits of the suffixes' last `keep` positions, over the cached prefixes.
 

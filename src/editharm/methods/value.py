@@ -159,7 +159,9 @@ def optimize_values(model: nn.Module, tok, module: str, queries: list[ValueQuery
     evaluations under the module docstring's stopping rule, applied per request: a request that stopped
     keeps the δ its last loss was computed for and leaves the batch. Up to `batch_size` requests (all when
     None) share each forward/backward pass; their rows never interact, so the gradient of the summed loss
-    with respect to δ_i is request i's own, and `batch_size=1` computes exactly the one-at-a-time loop.
+    with respect to δ_i is request i's own, and `batch_size=1` computes exactly the one-at-a-time loop. The
+    groups of `batch_size` requests are fixed: each runs its prefixes once, and a request that stops leaves
+    its group's batch (`Batch.subset`) without the rest being run again.
     `autocast` runs the passes on a copy of the model in that dtype (`_shared.lowered`; δ and the results
     stay float32); `cache_prefix` runs the tokens before each subject once (`_value_rows.Batch`).
     """
@@ -169,16 +171,21 @@ def optimize_values(model: nn.Module, tok, module: str, queries: list[ValueQuery
     model = model if autocast is None else lowered(model, autocast)
     state, traces = _Values(len(queries)), [ValueTrace() for _ in queries]
     size = batch_size or len(queries)
-    active, opt, batches = list(range(len(queries))), None, {}
+    # fixed groups of up to `size` requests; each runs its prefixes once and only sheds requests that stop
+    groups = [list(range(c, min(c + size, len(queries)))) for c in range(0, len(queries), size)]
+    active, opt = set(range(len(queries))), None
     with frozen(model), torch.enable_grad():
+        batches = [Batch(model, tok, [rows[i] for i in g], cache_prefix) for g in groups]
         for step in range(steps):
             stepping = []
-            chunks = [tuple(active[c:c + size]) for c in range(0, len(active), size)]
-            # a chunk's prefixes run once; only when a request leaves it are they run again
-            batches = {c: batches.get(c) or Batch(model, tok, [rows[i] for i in c], cache_prefix) for c in chunks}
-            for chunk in chunks:
+            for k, group in enumerate(groups):
+                if len(live := [i for i in group if i in active]) < len(group):
+                    if not live:
+                        continue
+                    batches[k] = batches[k].subset([group.index(i) for i in live])
+                    groups[k] = group = live
                 going = []
-                for i, loss in zip(chunk, _evaluate(model, module, rows, list(chunk), batches[chunk], state,
+                for i, loss in zip(group, _evaluate(model, module, rows, group, batches[k], state,
                                                     kl_factor, weight_decay)):
                     trace = traces[i]
                     trace.losses.append(loss.total.item())
@@ -201,7 +208,7 @@ def optimize_values(model: nn.Module, tok, module: str, queries: list[ValueQuery
                     delta, limit = state.delta[i], clamp_norm_factor * state.v0[i].norm()
                     if delta.norm() > limit:
                         delta.mul_(limit / delta.norm())
-            active = stepping
+            active = set(stepping)
     v0 = torch.stack(state.v0)
     return v0 + torch.stack([d.detach() for d in state.delta]), v0, traces
 

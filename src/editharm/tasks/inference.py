@@ -5,8 +5,8 @@
   position embeddings are right too); its KV cache is then shared by all of its choices, whose tokens
   are scored in one more forward pass. Single-token choices need no second pass at all.
 - `generate_and_score`: greedy continuations and the gold answer's mean per-token log-probability from one
-  prefill per prompt: the prompt's KV cache scores the gold tokens, is cropped back to the prompt, and the
-  greedy decoding continues from it.
+  prefill per prompt: the gold tokens are scored after the prompt in its KV cache, the cache is cropped back
+  to the prompt, and the greedy decoding continues from it.
 - `continuation_logprobs`: mean per-token log P(continuation | context), one left-padded pass per batch
   (explicit position ids) that keeps logits only over the continuations.
 """
@@ -62,36 +62,50 @@ def generate(model: nn.Module, tok, prompts: list[str], max_new_tokens: int, sto
 def generate_and_score(model: nn.Module, tok, prompts: list[str], golds: list[str], max_new_tokens: int,
                        stop: list[str] | None = None, batch_size: int = 16) -> tuple[list[str], list[float]]:
     """`(greedy continuations, mean per-token log P(gold | prompt))`: what `generate` and
-    `continuation_logprobs` return, from one prefill of each prompt (golds carry their own delimiter)."""
+    `continuation_logprobs` return, from one prefill of each prompt (golds carry their own delimiter).
+
+    Plain greedy decoding that ends at the tokenizer's EOS (else the model's) or a stop string, as `generate`
+    with its GenerationConfig does; logits processors a model's own generation config may set (repetition
+    penalty and the like) are not applied, by either. A cache that cannot be cropped back after the gold
+    (sliding-window layers) has the gold scored by `continuation_logprobs` instead."""
     stop = list(stop or [])
     device = next(model.parameters()).device
     ctx = [tok(p)["input_ids"] for p in prompts]
     gold = [tok(g, add_special_tokens=False)["input_ids"] for g in golds]
     if any(not g for g in gold):
         raise ValueError("a gold answer tokenises to zero tokens")
+    eos = tok.eos_token_id if tok.eos_token_id is not None else model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos]) - {None}
     order = sorted(range(len(prompts)), key=lambda i: -len(ctx[i]))
     texts, logps = [""] * len(prompts), [0.0] * len(prompts)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        outs = _generate_chunk(model, tok, [ctx[i] for i in chunk], [gold[i] for i in chunk], max_new_tokens, stop, device)
-        for i, (text, lp) in zip(chunk, outs):
-            texts[i], logps[i] = text, lp
+        tokens, lps = _generate_chunk(model, tok, [ctx[i] for i in chunk], [gold[i] for i in chunk], max_new_tokens,
+                                      stop, eos, device)
+        if lps is None:
+            lps = continuation_logprobs(model, tok, [prompts[i] for i in chunk], [golds[i] for i in chunk], len(chunk))
+        for i, t, lp in zip(chunk, tokens, lps):
+            texts[i], logps[i] = cut_at_stop(tok.decode(t, skip_special_tokens=True), stop), lp
     return texts, logps
 
 
-def _generate_chunk(model, tok, ctx, gold, max_new_tokens, stop, device) -> list[tuple[str, float]]:
+def _generate_chunk(model, tok, ctx, gold, max_new_tokens, stop, eos, device):
+    """`(generated tokens, gold log-probs or None)` of one batch, from one prefill."""
     ids, mask = pad(ctx, tok, device, left=True)
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
     first = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
     cache, last = first.past_key_values, first.logits[:, -1].float()
-    logps = _gold_logps(model, tok, cache, mask, pos, last.log_softmax(-1), gold, device)
-    tokens = _greedy(model, tok, cache, mask, pos[:, -1:], last.argmax(-1), max_new_tokens, stop, device)
-    return [(cut_at_stop(tok.decode(t, skip_special_tokens=True), stop), lp) for t, lp in zip(tokens, logps)]
+    logps = None
+    if cache.is_croppable:
+        logps = _gold_logps(model, tok, cache, mask, pos, last.log_softmax(-1), gold, device)
+        if (extra := cache.get_seq_length() - ids.shape[1]) > 0:
+            cache.crop(-extra)  # back to the prompt, for the decoding
+    return _greedy(model, tok, cache, mask, pos[:, -1:], last.argmax(-1), max_new_tokens, stop, eos, device), logps
 
 
 def _gold_logps(model, tok, cache, mask, pos, first: torch.Tensor, gold, device) -> list[float]:
-    """Mean log P of each row's gold tokens, teacher-forced on the prompt's cache (`first`: the log-probs
-    after the prompt)."""
+    """Mean log P of each row's gold tokens, teacher-forced after the prompt in `cache` (which they extend;
+    `first`: the log-probs after the prompt)."""
     sums = [float(first[r, g[0]]) for r, g in enumerate(gold)]
     longest = max(len(g) for g in gold)
     if longest > 1:
@@ -105,25 +119,26 @@ def _gold_logps(model, tok, cache, mask, pos, first: torch.Tensor, gold, device)
         for r, g in enumerate(gold):  # a row at a time: (rows × gold × vocab) float32 log-probs would be GBs
             logp = logits[r, :len(g) - 1].float().log_softmax(-1)
             sums[r] += float(logp[torch.arange(len(g) - 1), torch.tensor(g[1:], dtype=torch.long)].sum())
-        cache.crop(-(longest - 1))  # back to the prompt, for the decoding
     return [s / len(g) for s, g in zip(sums, gold)]
 
 
-def _greedy(model, tok, cache, mask, pos, nxt: torch.Tensor, max_new_tokens: int, stop, device) -> list[list[int]]:
+def _greedy(model, tok, cache, mask, pos, nxt: torch.Tensor, max_new_tokens: int, stop, eos: set[int],
+            device) -> list[list[int]]:
     """Greedy decoding from a prefilled cache: a row ends at EOS, at a stop string or at `max_new_tokens`.
     A row that ended leaves the batch (its cache rows are dropped), so the rest decode at the live rows' cost."""
     out: list[list[int]] = [[] for _ in range(len(nxt))]
     live = list(range(len(nxt)))  # the rows still decoding, in batch order
     for step in range(max_new_tokens):
-        ended = []
+        ended = set()
         for b, r in enumerate(live):
             out[r].append(int(nxt[b]))
-            if out[r][-1] == tok.eos_token_id or any(s in tok.decode(out[r], skip_special_tokens=True) for s in stop):
-                ended.append(b)
+            text = tok.decode(out[r], skip_special_tokens=True) if stop else ""
+            if out[r][-1] in eos or any(s in text for s in stop):
+                ended.add(b)
         if len(ended) == len(live) or step == max_new_tokens - 1:
             break
         if ended:
-            keep = sorted(set(range(len(live))) - set(ended))
+            keep = [b for b in range(len(live)) if b not in ended]
             index = torch.tensor(keep, device=device)
             cache.batch_select_indices(index)
             mask, pos, nxt = mask[index], pos[index], nxt[index]
