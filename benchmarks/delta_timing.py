@@ -20,6 +20,23 @@ from editharm import config, data, models
 from editharm.registry import method
 
 
+def edit_deltas(name: str, model_name: str, requests, overrides: list[str] = (),
+                one_at_a_time: bool = False) -> tuple[list[torch.Tensor], float, float]:
+    """`(flattened ΔW per batch, seconds per batch, loss evaluations)` of `name` on `requests`, from the unedited
+    model: one batch of all of them, or each request alone (`one_at_a_time`), statistics from the cache."""
+    cfg = config.load([f"model={model_name}", f"method={name}", *overrides])
+    model, tok = models.load(cfg.model, models.cache_root(cfg.cache_dir))
+    module = method(name)(cfg, model, tok, [], n_requests=len(requests))
+    module.on_fit_start()
+    module._measured = {}
+    batches = [[r] for r in requests] if one_at_a_time else [list(requests)]
+    out, t0 = [], time.perf_counter()
+    for batch in batches:
+        deltas = module.compute_deltas(batch)
+        out.append(torch.cat([deltas[k].flatten().float() for k in sorted(deltas)]))
+    return out, (time.perf_counter() - t0) / len(batches), sum(module._measured.get("value/loss_evals", [0]))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
@@ -29,16 +46,7 @@ def main() -> None:
     p.add_argument("--compare", help="another run's --save file")
     args = p.parse_args()
     requests, _ = data.load_requests(config.load(["edits=counterfact", f"edits.n={args.cases}"]).edits, data.data_dir(None))
-    cfg = config.load([f"model={args.model}", f"method={args.method}"])
-    model, tok = models.load(cfg.model, models.cache_root(cfg.cache_dir))
-    module = method(args.method)(cfg, model, tok, [], n_requests=len(requests))
-    module.on_fit_start()
-    module._measured = {}
-    t0 = time.perf_counter()
-    deltas = module.compute_deltas(requests)
-    seconds = time.perf_counter() - t0
-    flat = torch.cat([deltas[k].flatten().float() for k in sorted(deltas)])
-    evals = sum(module._measured.get("value/loss_evals", [0]))
+    (flat,), seconds, evals = edit_deltas(args.method, args.model, requests)
     print(f"{args.method}: {seconds:.1f} s for {len(requests)} requests, {evals:.0f} loss evaluations")
     if args.save:
         torch.save(flat, args.save)

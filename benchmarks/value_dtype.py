@@ -11,25 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
-
 import torch
 
-from editharm import config, data, models, tracking
-from editharm.registry import method
-
-
-def deltas(name: str, model_name: str, requests, overrides: list[str]) -> tuple[list[torch.Tensor], float]:
-    cfg = config.load([f"model={model_name}", f"method={name}", *overrides])
-    model, tok = models.load(cfg.model, models.cache_root(cfg.cache_dir))
-    module = method(name)(cfg, model, tok, [], n_requests=len(requests))
-    module.on_fit_start()
-    batches = [[r] for r in requests] if name == "rome" else [requests]
-    out, t0 = [], time.perf_counter()
-    for batch in batches:
-        d = module.compute_deltas(batch)
-        out.append(torch.cat([d[k].flatten().float() for k in sorted(d)]))
-    return out, (time.perf_counter() - t0) / len(batches)
+from delta_timing import edit_deltas
+from editharm import config, data, tracking
 
 
 def main() -> None:
@@ -42,8 +27,8 @@ def main() -> None:
     figures = {}
     for name in ("rome", "memit"):
         setting = config.load([f"model={args.model}", f"method={name}"]).method.v_autocast
-        exact, s32 = deltas(name, args.model, requests, ["method.v_autocast=null"])
-        fast, s16 = deltas(name, args.model, requests, [])
+        exact, s32, _ = edit_deltas(name, args.model, requests, ["method.v_autocast=null"], one_at_a_time=name == "rome")
+        fast, s16, _ = edit_deltas(name, args.model, requests, [], one_at_a_time=name == "rome")
         cos = [float(torch.nn.functional.cosine_similarity(a, b, 0)) for a, b in zip(fast, exact)]
         unit = "edit" if name == "rome" else f"batch of {args.cases}"
         print(f"{name}: float32 {s32:.1f} s per {unit}, v_autocast={setting} {s16:.1f} s (x{s32 / s16:.2f}); "

@@ -58,6 +58,14 @@ def generate(model: nn.Module, tok, prompts: list[str], max_new_tokens: int, sto
     return out
 
 
+def encode_continuations(tok, contexts: list[str], continuations: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids of each context (with special tokens) and of its continuation (without), tokenised apart."""
+    cont = [tok(c, add_special_tokens=False)["input_ids"] for c in continuations]
+    if any(not c for c in cont):
+        raise ValueError("a continuation tokenises to zero tokens")
+    return [tok(c)["input_ids"] for c in contexts], cont
+
+
 @torch.no_grad()
 def generate_and_score(model: nn.Module, tok, prompts: list[str], golds: list[str], max_new_tokens: int,
                        stop: list[str] | None = None, batch_size: int = 16) -> tuple[list[str], list[float]]:
@@ -70,10 +78,7 @@ def generate_and_score(model: nn.Module, tok, prompts: list[str], golds: list[st
     (sliding-window layers) has the gold scored by `continuation_logprobs` instead."""
     stop = list(stop or [])
     device = next(model.parameters()).device
-    ctx = [tok(p)["input_ids"] for p in prompts]
-    gold = [tok(g, add_special_tokens=False)["input_ids"] for g in golds]
-    if any(not g for g in gold):
-        raise ValueError("a gold answer tokenises to zero tokens")
+    ctx, gold = encode_continuations(tok, prompts, golds)
     eos = tok.eos_token_id if tok.eos_token_id is not None else model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos]) - {None}
     order = sorted(range(len(prompts)), key=lambda i: -len(ctx[i]))
@@ -203,10 +208,7 @@ def continuation_logprobs(model: nn.Module, tok, contexts: list[str], continuati
     """Mean per-token log P(continuation tokens | context) of each pair, teacher-forced (continuations carry
     their own leading delimiter; context and continuation are tokenised apart, as in `choice_logliks`)."""
     device = next(model.parameters()).device
-    ctx = [tok(c)["input_ids"] for c in contexts]
-    cont = [tok(c, add_special_tokens=False)["input_ids"] for c in continuations]
-    if any(not c for c in cont):
-        raise ValueError("a continuation tokenises to zero tokens")
+    ctx, cont = encode_continuations(tok, contexts, continuations)
     out: list[float] = []
     for start in range(0, len(ctx), batch_size):
         tails = cont[start:start + batch_size]
