@@ -42,3 +42,19 @@ def test_readme_first_edit_example_runs_as_written(shared_data, tracking, monkey
     for task in config.load([]).tasks.names:  # every default task scored, at each evaluation
         key = next(k for k in run.data.metrics if k.startswith(f"ability/{task}/"))
         assert [m.step for m in client().get_metric_history(run.info.run_id, key)] == [0, 2, 4]
+
+
+@pytest.mark.slow
+def test_readme_python_example_runs_as_written(shared_data, monkeypatch, capsys):
+    """The "Use from Python" block, executed as written on the embedded model and the real data."""
+    section = README.read_text().split("## Use from Python", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    monkeypatch.setenv("EDITHARM_DATA_DIR", str(shared_data))
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    after, editor = scope["after"], scope["editor"]
+    assert list(editor.deltas) == [] and editor.steps == []  # the `with` block reverted the edit on exit
+    assert set(after.scores) == {"rte", "sst2", "perplexity"} and "accuracy_delta" in after.scores["rte"]
+    printed = capsys.readouterr().out
+    assert f"['model.layers.{editor.hparams.layer}.mlp.down_proj.weight']" in printed  # smollm2's ROME layer
+    assert "efficacy_success" in printed and printed.count("rte ") == 1

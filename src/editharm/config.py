@@ -183,6 +183,18 @@ def group_names(group: str) -> list[str]:
     return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
 
 
+def model_config(name: str, **overrides: Any) -> ModelConfig:
+    """The typed config of a shipped model (`configs/model/<name>.yaml`) or of a model YAML file, with `overrides`
+    (e.g. `dtype="bfloat16"`) on top."""
+    node = OmegaConf.merge(OmegaConf.structured(ModelConfig), _group_file("model", name), overrides)
+    return OmegaConf.to_object(node)
+
+
+def model_types() -> dict[str, dict[str, str]]:
+    """`configs/model_types.yaml`: module-name templates by transformers `model_type`."""
+    return OmegaConf.to_container(OmegaConf.load(config_dir() / "model_types.yaml"), resolve=True)
+
+
 def split_args(argv: list[str]) -> list[str]:
     """`key=value` arguments; an argument holding several (as `mlflow run` passes `overrides`) is split
     shell-style, and one holding a single override whose value has spaces
@@ -211,22 +223,26 @@ def load(argv: list[str] | tuple[str, ...] = ()) -> RunConfig:
     return to_object(compose(argv))
 
 
-def compose(argv: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """The merged, type-checked config tree (before conversion to dataclasses)."""
+def compose(argv: list[str] | tuple[str, ...] = (), model: dict | None = None,
+            overrides: dict | None = None) -> DictConfig:
+    """The merged, type-checked config tree (before conversion to dataclasses). `model`: the model group's node
+    itself (a model without a YAML file, `editharm.Editor`); `overrides`: a nested dict of values merged after
+    the group files and before the dotted arguments (`{"method": {"layer": 3}}`)."""
     args = split_args(list(argv))
     picks = {k: v for k, v in (a.split("=", 1) for a in args) if k in GROUPS}
     dotted = [a for a in args if a.split("=", 1)[0] not in GROUPS]
     raw = OmegaConf.load(config_dir() / "run.yaml")
     raw = OmegaConf.to_container(raw)
     for group in GROUPS:
-        raw[group] = _group_file(group, str(picks.get(group, raw[group])))
+        raw[group] = dict(model) if group == "model" and model is not None else \
+            _group_file(group, str(picks.get(group, raw[group])))
     per_model = config_dir() / "method" / raw["method"]["name"] / f"{raw['model']['name']}.yaml"
     if per_model.exists():  # merged deeply: a per-model `train:` block overrides single keys
         raw["method"] = OmegaConf.to_container(OmegaConf.merge(raw["method"], OmegaConf.load(per_model)))
     schema = OmegaConf.structured(RunConfig)
     schema.method = OmegaConf.structured(_method_config(raw["method"].get("name")))
     schema.guard = OmegaConf.structured(_guard_config(raw["guard"].get("name")))
-    cfg = _merge(schema, OmegaConf.create(raw), _dotlist(dotted))
+    cfg = _merge(schema, OmegaConf.create(raw), OmegaConf.create(overrides or {}), _dotlist(dotted))
     validate(cfg)
     return cfg
 
@@ -270,10 +286,10 @@ def flatten(cfg: RunConfig | DictConfig) -> dict[str, Any]:
 def validate(cfg: DictConfig) -> None:
     """Checks across keys that types alone cannot express."""
     e = cfg.edits
-    _choice("edits.mode", e.mode, MODES)
-    _choice("model.source", cfg.model.source, MODEL_SOURCES)
-    _choice("model.dtype", cfg.model.dtype, DTYPES)
-    _choice("tasks.dtype", cfg.tasks.dtype, DTYPES)
+    choice("edits.mode", e.mode, MODES)
+    choice("model.source", cfg.model.source, MODEL_SOURCES)
+    choice("model.dtype", cfg.model.dtype, DTYPES)
+    choice("tasks.dtype", cfg.tasks.dtype, DTYPES)
     for key in ("n", "batch_size", "eval_every", "eval_batch_size"):
         if e[key] < 1:
             raise ConfigError(f"edits.{key} must be >= 1, got {e[key]}")
@@ -304,17 +320,15 @@ def validate(cfg: DictConfig) -> None:
                           f"which has {n_layers} layers (valid: 0 to {n_layers - 1})")
     if "v_num_grad_steps" in m and m.v_num_grad_steps < 1:
         raise ConfigError(f"method.v_num_grad_steps counts loss evaluations and must be >= 1, got {m.v_num_grad_steps}")
-    if m.name == "kn":
-        _check_kn(m)
-    if m.name == "mend":
-        _check_mend(m, cfg.model.templates)
+    for spec in (m, cfg.guard):  # a method's or guard's own checks, beside its code (`check(node, run)`)
+        check = getattr(_config_class(spec), "check", None)
+        if check is not None:
+            check(spec, cfg)
     if "z_batch_size" in m and m.z_batch_size < 1:
         raise ConfigError(f"method.z_batch_size is the number of requests optimised per forward pass and must be "
                           f">= 1, got {m.z_batch_size}")
     if m.get("context_templates") is not None:
         _check_templates(list(m.context_templates))
-    if "nullspace_threshold" in m:
-        _check_nullspace("method.nullspace_", m.nullspace_threshold, m.nullspace_rule)
     for prefix, spec in (("method.", m), ("guard.", cfg.guard)):
         if "mom2_n_samples" in spec and spec.mom2_n_samples < 1:
             raise ConfigError(f"{prefix}mom2_n_samples counts the texts the key statistics average over and must be "
@@ -326,19 +340,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"guard.k is the share of ΔW kept and must be in (0, 1], got {g.k} (guard={g.name})")
     if g.get("rank") is not None and g.rank < 1:
         raise ConfigError(f"guard.rank must be >= 1 or null (from guard.k), got {g.rank}")
-    if "threshold" in g:
-        _check_nullspace("guard.", g.threshold, g.rule)
     if cfg.model.source == "hub" and not cfg.model.path:
         raise ConfigError(f"model '{cfg.model.name}' has source=hub but no model.path (hub id or local dir)")
-
-
-def _check_nullspace(prefix: str, threshold: float, rule: str) -> None:
-    from editharm.guards import NULLSPACE_RULES
-
-    _choice(f"{prefix}rule", rule, NULLSPACE_RULES)
-    if threshold <= 0 or (rule == "relative" and threshold >= 1):
-        raise ConfigError(f"{prefix}threshold must be > 0" + (" and < 1 (a share of the largest eigenvalue)"
-                          if rule == "relative" else " (an eigenvalue of C)") + f", got {threshold}")
 
 
 def _check_templates(templates: list[str]) -> None:
@@ -351,42 +354,8 @@ def _check_templates(templates: list[str]) -> None:
                           + (f" (bad: {bad!r})" if bad else ""))
 
 
-def _check_kn(m) -> None:
-    from editharm.methods.kn import NEURONS, VARIANTS
-    _choice("method.neuron", m.neuron, NEURONS)
-    _choice("method.variant", m.variant, VARIANTS)
-    if m.steps < 1:
-        raise ConfigError(f"method.steps is the number of integrated-gradient steps and must be >= 1, got {m.steps}")
-    for key in ("adaptive_threshold", "p"):
-        if not 0 < m[key] <= 1:
-            raise ConfigError(f"method.{key} is a share and must be in (0, 1], got {m[key]}")
-    if m.ig_batch_size < 1:
-        raise ConfigError(f"method.ig_batch_size must be >= 1, got {m.ig_batch_size}")
-
-
-def _check_mend(m, templates) -> None:
-    from editharm.methods.mend import EDIT_LOSS_ON, MONITORS, REDUCTIONS
-    from editharm.methods.mend_net import RELUS, V_INITS
-
-    for key, valid in (("v_init", V_INITS), ("relu", RELUS), ("reduction", REDUCTIONS)):
-        _choice(f"method.{key}", m[key], valid)
-    _choice("method.train.edit_loss_on", m.train.edit_loss_on, EDIT_LOSS_ON)
-    _choice("method.train.monitor", m.train.monitor, tuple(MONITORS))
-    if not m.layers or not m.modules:
-        raise ConfigError("method.layers and method.modules name MEND's inner weights and must not be empty")
-    kinds = [k for k in templates.keys() if k not in ("layer", "ln_f", "embed", "lm_head")]
-    if bad := [k for k in m.modules if k not in kinds]:
-        raise ConfigError(f"method.modules {bad} are not weight templates of the model; valid: {', '.join(kinds)}")
-    for key, low in (("rank", 1), ("n_hidden", 0), ("train.batch_size", 1), ("train.accumulate", 1),
-                     ("train.n_val", 1), ("train.val_every", 1), ("train.log_every", 1), ("train.max_iters", 1), ("train.patience", 1)):
-        value = OmegaConf.select(m, key)
-        if value < low:
-            raise ConfigError(f"method.{key} must be >= {low}, got {value}")
-    if m.train.n_train is not None and m.train.n_train < 1:
-        raise ConfigError(f"method.train.n_train must be >= 1 or null (all records), got {m.train.n_train}")
-
-
-def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:
+def choice(key: str, value: str, valid: tuple[str, ...]) -> None:
+    """A `ConfigError` naming the valid values unless `value` is one of them."""
     if value not in valid:
         raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
 
@@ -420,6 +389,11 @@ def _guard_config(name: str | None) -> type:
     from editharm import registry
 
     return registry.guard(name).config_class
+
+
+def _config_class(spec: DictConfig) -> type:
+    """The dataclass a method's or guard's node was typed with."""
+    return OmegaConf.get_type(spec)
 
 
 def _dotlist(args: list[str]) -> DictConfig:

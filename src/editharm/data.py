@@ -145,6 +145,29 @@ def parse_jsonl(path: Path, fields: MappingProxyType, skipped: list[int] | None 
     return requests
 
 
+def requests_of(records) -> list[EditRequest]:
+    """`EditRequest`s from EditRequests or plain dicts with our field names (prompt, subject, target_new; optional
+    ground_truth, rephrase, locality_prompt, locality_answer, case_id), checked as a JSONL file's records are: one
+    `DataError` naming every bad record."""
+    if isinstance(records, (EditRequest, dict)):
+        records = [records]
+    out, errors = [], []
+    for i, record in enumerate(records):
+        if isinstance(record, EditRequest):
+            record = {k: getattr(record, k) for k in OUR_FIELDS}
+        unknown = sorted(set(record) - set(OUR_FIELDS)) if isinstance(record, dict) else []
+        problem = f"unknown field(s) {unknown}; valid: {', '.join(OUR_FIELDS)}" if unknown else _check(record, OUR_FIELDS)
+        if problem:
+            errors.append(f"request {i}: {problem}")
+            continue
+        out.append(EditRequest(**{**record, "case_id": str(record.get("case_id") or i)}))
+    if errors:
+        raise DataError(f"{len(errors)} bad edit request(s):\n  " + "\n  ".join(errors))
+    if not out:
+        raise DataError("no edit requests given")
+    return out
+
+
 def _check(record: Any, fields: MappingProxyType) -> str | None:
     if not isinstance(record, dict):
         return "a record must be a JSON object"

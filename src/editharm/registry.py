@@ -1,7 +1,9 @@
 """The one registry: names to edit methods, guards, task parsers, task metrics and document processors.
 
-Each table is filled by a decorator where the thing is defined; lookups import the defining packages
-first, so a name is valid exactly when a module registers it.
+Each table is filled by a decorator where the thing is defined, when its package is imported; `import
+editharm` imports the built-in ones (`editharm.methods`, `editharm.guards`, `editharm.tasks`), so a name is
+valid exactly when a module registers it. This module imports none of them: the registry sits below
+everything it lists.
 """
 from __future__ import annotations
 
@@ -62,18 +64,11 @@ def register_processor(name: str) -> Callable:
     return _register(PROCESSORS, name)
 
 
-def _load_builtins() -> None:
-    import editharm.guards  # noqa: F401
-    import editharm.methods  # noqa: F401
-    import editharm.tasks  # noqa: F401
-
-
 def method(name: str) -> type:
     return lookup(METHODS, name, "method")
 
 
 def method_names() -> list[str]:
-    _load_builtins()
     return sorted(METHODS)
 
 
@@ -83,7 +78,6 @@ def guard(name: str) -> Callable:
 
 def lookup(table: dict, name: str, kind: str):
     """`table[name]`, or a `ConfigError` listing the registered names."""
-    _load_builtins()
     if name not in table:
         raise ConfigError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(table))}")
     return table[name]

@@ -14,16 +14,14 @@ from editharm.errors import ConfigError, EditharmError
 def _setup(argv: list[str], edits: bool, tree=None):
     """Config (composed from `argv`, or the given `tree`), data directory, edit requests, tasks and probe text:
     all that can be wrong, checked before compute. Returns `(tree, cfg, requests, success, tasks, probe)`."""
-    from editharm import config, data
-    from editharm.tasks import load_task
+    from editharm import config, data, evaluation
 
     _quiet_lightning()
     tree = config.compose(argv) if tree is None else tree
     cfg = config.to_object(tree)
     root = data.data_dir(cfg.data_dir)
     requests, success = data.load_requests(cfg.edits, root) if edits else ([], False)
-    tasks = [load_task(name, cfg.tasks.protocol, root, cfg.tasks.limit, cfg.tasks.seed) for name in cfg.tasks.names]
-    probe = data.read_probe_text(root, cfg.probe.n_tokens * 8) if cfg.probe.perplexity else None
+    tasks, probe = evaluation.load_tasks(cfg)
     if edits:  # a method or guard built on key statistics: its corpus, up front
         from editharm import stats
 
@@ -41,16 +39,6 @@ def _log_run(logger, cfg, tree, tasks, **tags) -> None:
     tracking.set_tags(logger, {"model": cfg.model.name, "model_identity": models.identity(cfg.model),
                                "protocol": cfg.tasks.protocol, "git_commit": tracking.git_commit(), **tags,
                                **{f"task.{t.spec.name}.version": t.spec.version for t in tasks}})
-
-
-def _ability_evaluators(cfg, tok, tasks, probe) -> list:
-    from editharm.evaluators import PerplexityEvaluator
-    from editharm.tasks.evaluator import TaskEvaluator
-
-    out = [TaskEvaluator(task, tok, cfg.tasks.batch_size, cfg.tasks.dtype, cfg.tasks.batch_tokens) for task in tasks]
-    if probe is not None:
-        out.append(PerplexityEvaluator(tok, probe, cfg.probe.n_tokens, cfg.probe.chunk_tokens))
-    return out
 
 
 def _trainer(cfg, logger, every: int = 1):
@@ -101,7 +89,8 @@ def edit(argv: list[str], parent=None, run_name: str | None = None, tags: dict[s
     (`editharm.resume`): the same run, its remaining edits."""
     import lightning as L
 
-    from editharm import data, registry, resume, stopping, tracking
+    from editharm import data, evaluation, resume, stopping, tracking
+    from editharm.editor import build
     from editharm.evaluators import EditEvaluator
 
     resumed, argv = _resume_arg(argv)
@@ -124,12 +113,10 @@ def edit(argv: list[str], parent=None, run_name: str | None = None, tags: dict[s
             resume.mark_resumed(logger, state)
         model, tok = _model(cfg)
         _fit(cfg, model, tok, logger, tasks, requests)
-        method = registry.method(cfg.method.name)
-        method.prepare(cfg, model, tok, logger)  # e.g. MEND's hypernetwork: resolved (or trained) before compute
         dataset = Path(e.dataset).stem if e.dataset.endswith(".jsonl") else e.dataset
         evaluators = [EditEvaluator(requests, _metric_name(dataset), success, e.eval_batch_size),
-                      *_ability_evaluators(cfg, tok, tasks, probe)]
-        module = method(cfg, model, tok, evaluators, len(requests))
+                      *evaluation.ability_evaluators(cfg, tok, tasks, probe)]
+        module = build(cfg, model, tok, evaluators, len(requests), logger)  # MEND: its network resolved first
         module.check_requests(requests)
         if state is not None:
             module.load_resume_state(state)
@@ -198,7 +185,7 @@ def evaluate(argv: list[str]) -> str:
     """Score a model (or `checkpoint=`) on the configured tasks in its own MLflow run; returns its id."""
     import lightning as L
 
-    from editharm import data, tracking
+    from editharm import data, evaluation, tracking
     from editharm.module import EditModule
 
     tree, cfg, _, _, tasks, probe = _setup(argv, edits=False)
@@ -207,7 +194,7 @@ def evaluate(argv: list[str]) -> str:
         _log_run(logger, cfg, tree, tasks, kind="evaluate", checkpoint=cfg.checkpoint or "none")
         model, tok = _model(cfg)
         _fit(cfg, model, tok, logger, tasks, requests=[])
-        evaluators = _ability_evaluators(cfg, tok, tasks, probe)
+        evaluators = evaluation.ability_evaluators(cfg, tok, tasks, probe)
         module = EditModule(cfg, model, tok, evaluators, n_requests=0)
         _trainer(cfg, logger).validate(module, datamodule=data.EditDataModule([], 1, evaluators), verbose=False)
         return logger.run_id
@@ -244,17 +231,17 @@ def statistics(argv: list[str]) -> str:
 def train_mend(argv: list[str]) -> str:
     """Train a MEND hypernetwork for the configured model and inner parameters (`method=mend` is implied);
     returns the run id: its `mend/` artifact is `runs:/<id>/mend`."""
-    from editharm import config, data
-    from editharm.methods import mend_train
+    from editharm import config, data, mend_runs
+    from editharm.methods import mend_data
 
     _quiet_lightning()
     picked = [a.split("=", 1)[1] for a in config.split_args(argv) if a.startswith("method=")]
     if any(p != "mend" for p in picked):
         raise ConfigError(f"train-mend trains MEND's hypernetwork; method={picked[-1]} is not mend")
     cfg = config.to_object(config.compose(["method=mend", *argv]))
-    rows = mend_train.training_data(cfg, data.data_dir(cfg.data_dir))  # bad data fails before the model loads
+    rows = mend_data.training_data(cfg, data.data_dir(cfg.data_dir))  # bad data fails before the model loads
     model, tok = _model(cfg)
-    return mend_train.train(cfg, model, tok, rows=rows)
+    return mend_runs.train(cfg, model, tok, rows=rows)
 
 
 def experiment(name: str, argv: list[str]) -> str:

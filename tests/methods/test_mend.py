@@ -6,7 +6,7 @@ import torch
 
 from editharm import config, deltas as D, models
 from editharm.errors import ConfigError
-from editharm.methods.mend import L_edit, gradient_factors, inner_modules, mend_deltas, new_spec, patched
+from editharm.methods.mend import L_edit, gradient_factors, inner_modules, load_network, mend_deltas, new_spec, patched
 from editharm.methods.mend_net import NORM_EPS, Editor, LowRankBlock, MENDNet, RunningNorm
 from editharm.nethook import get_parameter
 from editharm.runs import edit, train_mend
@@ -134,7 +134,7 @@ def _train(*overrides):
 def test_training_lowers_validation_loss_and_keeps_the_best_network(env):
     """norm=false, so that step 0 (the identity editor and the initial α) differs from later validations only by
     what was trained. The base model ends as it began: weights, flags, no gradients; the global RNG too."""
-    from editharm.methods import mend_train
+    from editharm import mend_runs
 
     cfg, model, tok, _ = setup("tiny-llama", "method.norm=false", "method.train.max_iters=30",
                                "method.train.val_every=10")
@@ -142,7 +142,7 @@ def test_training_lowers_validation_loss_and_keeps_the_best_network(env):
     torch.manual_seed(7)
     expected = torch.rand(3)
     torch.manual_seed(7)
-    run_id = mend_train.train(cfg, model, tok)
+    run_id = mend_runs.train(cfg, model, tok)
     assert torch.equal(torch.rand(3), expected)  # training drew from its own seeded RNG, then restored ours
     assert all(torch.equal(before[n], p) and p.grad is None and p.requires_grad for n, p in model.named_parameters())
     run = client().get_run(run_id)
@@ -161,8 +161,7 @@ def test_training_lowers_validation_loss_and_keeps_the_best_network(env):
 
 
 def test_a_logged_network_loads_back_from_its_run_and_edits_identically(env, tmp_path):
-    from editharm import tracking
-    from editharm.methods import mend_store
+    from editharm import mend_runs, tracking
 
     cfg, model, tok, inner = setup("tiny-llama")
     net = MENDNet(new_spec(cfg, model, models.identity(cfg.model)))
@@ -179,27 +178,26 @@ def test_a_logged_network_loads_back_from_its_run_and_edits_identically(env, tmp
     run = client().create_run(client().create_experiment("nets"))
     client().log_artifacts(run.info.run_id, str(net.save(tmp_path / "mend")), "mend")
     cfg.method.hypernetwork = f"runs:/{run.info.run_id}/mend"
-    loaded, _ = mend_store.load(cfg, model)
+    assert mend_runs.resolve(cfg, model, tok) == f"runs:/{run.info.run_id}/mend"  # fetched into a folder
+    loaded, _ = load_network(cfg, model)
     assert not loaded.training
     theirs = mend_deltas(loaded, model, inner, factors)
     assert all(torch.equal(mine[p], theirs[p]) for p in inner)
-    assert tracking.fetch_artifact(cfg.method.hypernetwork, models.cache_root() / "mend").is_dir()  # cached
+    assert tracking.fetch_artifact(f"runs:/{run.info.run_id}/mend", models.cache_root() / "mend").is_dir()  # cached
 
 
 def test_network_for_another_model_or_parameters_is_refused(env, tmp_path):
     cfg, model, tok, _ = setup("tiny-llama")
     folder = MENDNet(new_spec(cfg, model, "someone-else@sha256:0")).save(tmp_path / "other-model")
     with pytest.raises(ConfigError, match="trained for model 'someone-else"):
-        from editharm.methods import mend_store
-
-        mend_store.load(config.load(["method=mend", "model=tiny-llama", f"method.hypernetwork={folder}"]), model)
+        load_network(config.load(["method=mend", "model=tiny-llama", f"method.hypernetwork={folder}"]), model)
     folder = MENDNet(new_spec(cfg, model, models.identity(cfg.model))).save(tmp_path / "mine")
     one_layer = config.load(["method=mend", "model=tiny-llama", f"method.hypernetwork={folder}", "method.layers=[1]"])
     with pytest.raises(ConfigError, match="method.layers/method.modules"):
-        mend_store.load(one_layer, model)
+        load_network(one_layer, model)
     wider = config.load(["method=mend", "model=tiny-llama", f"method.hypernetwork={folder}", "method.rank=16"])
     with pytest.raises(ConfigError, match=r"method.rank=8 \(configured: 16\)"):
-        mend_store.load(wider, model)
+        load_network(wider, model)
 
 
 def test_compute_deltas_leaves_the_model_bit_identical(env, tmp_path):
@@ -388,8 +386,6 @@ def test_a_network_saved_before_v_init_and_relu_is_refused_unless_configured_so(
     architecture check names both; configured to match, it loads and runs its last block without the ReLU."""
     import json
 
-    from editharm.methods import mend_store
-
     cfg, model, _, _ = setup("tiny-llama")
     folder = MENDNet(new_spec(cfg, model, models.identity(cfg.model))).save(tmp_path / "old")
     spec = json.loads((folder / "mend.json").read_text())
@@ -398,8 +394,8 @@ def test_a_network_saved_before_v_init_and_relu_is_refused_unless_configured_so(
     (folder / "mend.json").write_text(json.dumps(spec))
     with pytest.raises(ConfigError, match=r"method.v_init=xavier \(configured: randn\), method.relu=hidden "
                                           r"\(configured: all\)"):
-        mend_store.load(config.load(["method=mend", "model=tiny-llama", f"method.hypernetwork={folder}"]), model)
-    old, _ = mend_store.load(config.load(["method=mend", "model=tiny-llama", f"method.hypernetwork={folder}",
+        load_network(config.load(["method=mend", "model=tiny-llama", f"method.hypernetwork={folder}"]), model)
+    old, _ = load_network(config.load(["method=mend", "model=tiny-llama", f"method.hypernetwork={folder}",
                                           "method.v_init=xavier", "method.relu=hidden"]), model)
     assert [b.relu for e in old.editors.values() for b in e.blocks] == [True, False] * len(old.editors)
 

@@ -43,9 +43,10 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-from editharm import tracking
+from editharm.config import choice
 from editharm.data import EditRequest
 from editharm.deltas import Deltas
+from editharm.errors import ConfigError
 from editharm.methods._shared import frozen, kv_cache, prefix_kv
 from editharm.module import EditModule
 from editharm.nethook import get_module, to_param_layout
@@ -77,6 +78,18 @@ class KNConfig:
     """Layers whose neurons are attributed; all when null."""
     ig_batch_size: int = 256
     """Scaled copies (layer × step) per forward/backward pass."""
+
+    @staticmethod
+    def check(m, run) -> None:
+        choice("method.neuron", m.neuron, NEURONS)
+        choice("method.variant", m.variant, VARIANTS)
+        if m.steps < 1:
+            raise ConfigError(f"method.steps is the number of integrated-gradient steps and must be >= 1, got {m.steps}")
+        for key in ("adaptive_threshold", "p"):
+            if not 0 < m[key] <= 1:
+                raise ConfigError(f"method.{key} is a share and must be in (0, 1], got {m[key]}")
+        if m.ig_batch_size < 1:
+            raise ConfigError(f"method.ig_batch_size must be >= 1, got {m.ig_batch_size}")
 
 
 def alphas(m: int) -> torch.Tensor:
@@ -300,7 +313,7 @@ class KN(EditModule):
             self.measured("kn", {"neurons": n, "layers": int(edit.neurons.any(1).sum()), "no_neurons": float(n == 0),
                                  "attribution_s": edit.attribution_s})
             if n == 0:
-                tracking.set_tags(self.logger, {f"kn.no_neurons.{index}": request.prompt})
+                self.tag(f"kn.no_neurons.{index}", request.prompt)
             for layer, neuron in edit.neurons.nonzero().tolist():
                 if layer not in changes:
                     changes[layer] = torch.zeros(column.shape[0], edit.neurons.shape[1], device=column.device)

@@ -14,7 +14,7 @@ import torch
 
 from editharm.data import EditRequest
 from editharm.deltas import Deltas
-from editharm.guards import null_dim, nullspace_projector
+from editharm.guards import check_nullspace, null_dim, nullspace_projector
 from editharm.methods._shared import keys_at, run_templates, subject_last
 from editharm.methods.value import ValueStep, ValueTrace, target_values
 from editharm.module import EditModule
@@ -48,6 +48,10 @@ class MEMITConfig(ValueStep):
     nullspace_l2: float = 10.0
     """The ridge term of AlphaEdit's solve (its `L2`: 10 in every hparams file of its authors and in EasyEdit's
     GPT-2 XL file; EasyEdit's `llama3-8b.yaml` alone says 1)."""
+
+    @staticmethod
+    def check(m, run) -> None:
+        check_nullspace("method.nullspace_", m.nullspace_threshold, m.nullspace_rule)
 
 
 def compute_z(model, tok, block: str, requests: list[EditRequest], templates: list[str], hp: MEMITConfig,

@@ -17,13 +17,17 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from torch.func import functional_call
 
+from editharm.config import choice
 from editharm.deltas import Deltas
+from editharm import models
 from editharm.errors import ConfigError
+from editharm.methods import mend_store
 from editharm.methods._shared import frozen
-from editharm.methods.mend_net import MENDNet, MENDSpec
+from editharm.methods.mend_net import RELUS, V_INITS, MENDNet, MENDSpec
 from editharm.module import EditModule
 from editharm.nethook import get_module, get_parameter, is_transposed, linear_weight
 from editharm.registry import register_method
@@ -111,6 +115,25 @@ class MENDConfig:
     all target tokens of the batch (MEND's `multiclass_log_probs`); `example`, the mean of each example's
     per-token mean. They differ only for batches whose targets have unequal lengths."""
     train: MENDTrainConfig = field(default_factory=MENDTrainConfig)
+
+    @staticmethod
+    def check(m, run) -> None:
+        for key, valid in (("v_init", V_INITS), ("relu", RELUS), ("reduction", REDUCTIONS)):
+            choice(f"method.{key}", m[key], valid)
+        choice("method.train.edit_loss_on", m.train.edit_loss_on, EDIT_LOSS_ON)
+        choice("method.train.monitor", m.train.monitor, tuple(MONITORS))
+        if not m.layers or not m.modules:
+            raise ConfigError("method.layers and method.modules name MEND's inner weights and must not be empty")
+        kinds = [k for k in run.model.templates.keys() if k not in ("layer", "ln_f", "embed", "lm_head")]
+        if bad := [k for k in m.modules if k not in kinds]:
+            raise ConfigError(f"method.modules {bad} are not weight templates of the model; valid: {', '.join(kinds)}")
+        for key, low in (("rank", 1), ("n_hidden", 0), ("train.batch_size", 1), ("train.accumulate", 1), ("train.n_val", 1),
+                         ("train.val_every", 1), ("train.log_every", 1), ("train.max_iters", 1), ("train.patience", 1)):
+            value = OmegaConf.select(m, key)
+            if value < low:
+                raise ConfigError(f"method.{key} must be >= {low}, got {value}")
+        if m.train.n_train is not None and m.train.n_train < 1:
+            raise ConfigError(f"method.train.n_train must be >= 1 or null (all records), got {m.train.n_train}")
 
 
 def inner_modules(cfg) -> dict[str, str]:
@@ -223,23 +246,30 @@ def check_compatible(spec: MENDSpec, expected: MENDSpec, where: str) -> None:
         raise ConfigError(f"the MEND hypernetwork {where} was built with {', '.join(differ)}; set these to match")
 
 
+def load_network(cfg, model) -> tuple[MENDNet, frozenset[str]]:
+    """The hypernetwork (eval mode) and the prompts it was trained on; refused when built for another model or
+    other inner parameters."""
+    where = mend_store.folder(cfg)
+    net = MENDNet.load(where)
+    check_compatible(net.spec, new_spec(cfg, model, models.identity(cfg.model)), f"at {cfg.method.hypernetwork}")
+    if net.spec.meta.get("selected_on_eval"):
+        print(f"editharm: the MEND hypernetwork at {cfg.method.hypernetwork} was selected on an evaluation edit set "
+              f"({net.spec.meta.get('data')}, the paper's choice): its scores on that set are not held-out scores")
+    prompts = where / mend_store.TRAIN_PROMPTS
+    trained_on = frozenset(prompts.read_text(encoding="utf-8").splitlines()) if prompts.is_file() else frozenset()
+    return net, trained_on
+
+
 @register_method("mend", config=MENDConfig)
 class MEND(EditModule):
-    """MEND with a hypernetwork resolved by `prepare` (before any compute) and used in eval mode: its
-    normalisation statistics stay as trained (the paper's fork left them updating on test edits)."""
-
-    @classmethod
-    def prepare(cls, cfg, model: nn.Module, tokenizer, logger) -> None:
-        from editharm.methods import mend_store
-
-        mend_store.resolve(cfg, model, tokenizer, logger)
+    """MEND with the hypernetwork in the folder `method.hypernetwork` names (`editharm.mend_runs.resolve` makes
+    `auto` and `runs:/` one, before any compute), used in eval mode: its normalisation statistics stay as trained
+    (the paper's fork left them updating on test edits)."""
 
     def __init__(self, cfg, model, tokenizer, evaluators, n_requests):
         super().__init__(cfg, model, tokenizer, evaluators, n_requests)
-        from editharm.methods import mend_store
-
         self.inner = inner_modules(cfg)
-        net, self.trained_on = mend_store.load(cfg, model)
+        net, self.trained_on = load_network(cfg, model)
         self._net = [net.eval()]  # in a list: not a submodule (never trained, never checkpointed)
 
     def edited_modules(self) -> list[str]:

@@ -1,6 +1,6 @@
-"""`MENDTraining`: MEND's hypernetwork trained as a LightningModule; `train` runs it in one MLflow run.
+"""`MENDTraining`: MEND's hypernetwork trained as a LightningModule; `fit` runs it with a Trainer.
 
-    run_id = train(cfg, model, tok)          # `editharm train-mend`, or nested in an edit run (`auto`)
+    net, figures = fit(cfg, model, tok, train_rows, val_rows, logger)   # `editharm.mend_runs.train` logs it
 
 Per training example (a batch of `method.train.batch_size` edit records):
   1. the factors of ∇W of the target NLL on the edit input (base weights, detached: no second-order terms);
@@ -12,7 +12,8 @@ Per training example (a batch of `method.train.batch_size` edit records):
 The Trainer does the rest: Adam on the editors (lr) and α (lr_lr), accumulation, clipping, validation every
 `val_every` edits on validation records (`mend_data.training_data`: by default held out of the zsRE train file), checkpointing the best `val/<monitor>` (`val/loss`, as EasyEdit's GPT-2
 run, or `val/edit_success`, as its LLaMA run), early stopping on it, a time budget.
-The best network is logged as the run's `mend/` artifact (`runs:/<id>/mend`).
+`editharm.mend_runs.train` runs `fit` in a train-mend MLflow run and logs the best network as its `mend/`
+artifact (`runs:/<id>/mend`).
 """
 from __future__ import annotations
 
@@ -33,12 +34,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 
-from editharm import data, models, tracking
+from editharm import models
 from editharm.methods._shared import frozen
 from editharm.methods.mend import MONITORS, L_edit, factors_of, inner_modules, mend_deltas, new_spec, patched
 from editharm.methods.mend_net import MENDNet
-from editharm.methods.mend_data import training_data
-from editharm.methods.mend_store import ARTIFACT, TRAIN_PROMPTS, arch_tag, data_tag, params_tag
 from editharm.nethook import get_parameter
 from editharm.scoring import IGNORE, encode_pairs, logits_logprobs
 
@@ -158,46 +157,30 @@ def _trainer(cfg, logger, best: ModelCheckpoint, n_batches: int) -> L.Trainer:
         log_every_n_steps=1, enable_model_summary=False)
 
 
-def train(cfg, model: nn.Module, tok, parent=None, rows=None) -> str:
-    """Train a hypernetwork for `cfg.model` and `cfg.method`'s inner parameters in one MLflow run (nested under
-    `parent` when given); returns the run id, whose `mend/` artifact holds the best network. `rows`: the result
-    of `training_data`, when already read. The model's weights, flags and the global RNGs are as they were."""
+def fit(cfg, model: nn.Module, tok, train_rows, val_rows, logger=None) -> tuple[MENDNet, dict[str, float]]:
+    """Train a hypernetwork for `cfg.model` and `cfg.method`'s inner parameters, logging through `logger` (any
+    Lightning logger, or None); returns the best validation's network (the last one when no validation ran) and
+    the figures of the training (`time/train_s`, `time/step_s`, `train/steps`, `train/saved_step`). The model's
+    weights, flags and the global RNGs are as they were."""
     t = cfg.method.train
-    train_rows, val_rows, counts = rows or training_data(cfg, data.data_dir(cfg.data_dir))
-    if counts["dropped_eval_overlap"]:
-        print(f"editharm: MEND training leaves out {counts['dropped_eval_overlap']} record(s) whose prompt is in an "
-              "evaluation edit set")
-    identity = models.identity(cfg.model)
-    with _restored_rng(), frozen(model), tracking.start(cfg, f"train-mend-{cfg.model.name}", parent=parent) as logger:
+    with _restored_rng(), frozen(model), tempfile.TemporaryDirectory() as tmp:
         L.seed_everything(t.seed, workers=True, verbose=False)
-        net = MENDNet(new_spec(cfg, model, identity))
+        net = MENDNet(new_spec(cfg, model, models.identity(cfg.model)))
         module = MENDTraining(cfg, model, tok, net)
-        tracking.log_config(logger, cfg)
-        tags = {"model_identity": identity, "mend.params": params_tag(cfg), "mend.arch": arch_tag(net.spec),
-                "mend.data": data_tag(cfg)}  # what `auto` matches on (a packaged network carries them in its meta)
-        tracking.set_tags(logger, {"kind": "train-mend", "model": cfg.model.name, **tags,
-                                   "git_commit": tracking.git_commit(), **{f"data.{k}": v for k, v in counts.items()}})
-        with tempfile.TemporaryDirectory() as tmp:
-            best = ModelCheckpoint(dirpath=tmp, monitor=f"val/{t.monitor}", mode=MONITORS[t.monitor], save_top_k=1)
-            loaders = _loader(train_rows, t.batch_size, True, t.seed), _loader(val_rows, t.batch_size, False, t.seed)
-            trainer = _trainer(cfg, logger, best, len(loaders[0]))
-            trainer.validate(module, loaders[1], verbose=False)  # step 0: the untrained editor
-            t0 = time.perf_counter()
-            trainer.fit(module, *loaders)
-            seconds = time.perf_counter() - t0
-            saved = trainer.global_step
-            if best.best_model_path:
-                checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
-                module.load_state_dict(checkpoint["state_dict"])
-                saved = checkpoint["global_step"]
-            else:
-                print("editharm: no validation ran during training (val_every beyond the budget); the final network "
-                      "is logged")
-            logger.log_metrics({"time/train_s": seconds, "time/step_s": seconds / max(trainer.global_step, 1),
-                                "train/steps": trainer.global_step, "train/saved_step": saved}, step=trainer.global_step)
-            net.spec.meta = {"run_id": logger.run_id, "steps": trainer.global_step, "saved_step": saved,
-                             "data": data_tag(cfg), "tags": tags, **counts}
-            folder = net.cpu().save(Path(tmp) / ARTIFACT)
-            (folder / TRAIN_PROMPTS).write_text("\n".join(sorted({r.prompt for r in train_rows})), encoding="utf-8")
-            logger.experiment.log_artifacts(logger.run_id, str(folder), ARTIFACT)
-        return logger.run_id
+        best = ModelCheckpoint(dirpath=tmp, monitor=f"val/{t.monitor}", mode=MONITORS[t.monitor], save_top_k=1)
+        loaders = _loader(train_rows, t.batch_size, True, t.seed), _loader(val_rows, t.batch_size, False, t.seed)
+        trainer = _trainer(cfg, logger, best, len(loaders[0]))
+        trainer.validate(module, loaders[1], verbose=False)  # step 0: the untrained editor
+        t0 = time.perf_counter()
+        trainer.fit(module, *loaders)
+        seconds = time.perf_counter() - t0
+        saved = trainer.global_step
+        if best.best_model_path:
+            checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+            module.load_state_dict(checkpoint["state_dict"])
+            saved = checkpoint["global_step"]
+        else:
+            print("editharm: no validation ran during training (val_every beyond the budget); the final network "
+                  "is kept")
+    return net.cpu(), {"time/train_s": seconds, "time/step_s": seconds / max(trainer.global_step, 1),
+                       "train/steps": trainer.global_step, "train/saved_step": saved}

@@ -110,6 +110,14 @@ class TaskEvaluator(Evaluator):
         self.likelihood.baseline = state["likelihood_baseline"]
         self.has_baseline = state["has_baseline"]
 
+    def baseline_state(self) -> dict:
+        """The per-example rows of the last evaluation, for paired differences from it."""
+        return {"baseline": self.metric.example_rows, "likelihood_baseline": self.likelihood.example_rows,
+                "has_baseline": True}
+
+    def load_baseline(self, state: dict) -> None:
+        self.load_resume_state(state)
+
 
 def _gather(rows: list[dict]) -> list[dict]:
     if not (dist.is_available() and dist.is_initialized()):

@@ -1,0 +1,178 @@
+"""`Editor`: edit a model object in memory from Python, with the very method modules a run drives.
+
+    model, tok = editharm.load_model("tiny-llama")
+    editor = editharm.Editor(model, tok, method="rome", guard="rect")
+    steps = editor.edit([{"prompt": "The capital of Kenya is", "subject": "Kenya", "target_new": "Paris"}])
+    editor.metrics()          # efficacy, generalization, locality of every request edited so far
+    editor.revert()           # the weights as they were, bit for bit
+
+A run (`editharm edit`, `mlflow run .`, a grid cell) builds the same module with `build` and lets a Lightning
+Trainer call its `training_step`, which is `EditModule.edit_step`; the Editor calls `edit_step` itself. Hyper-
+parameters are composed as the CLI composes them: the method's YAML, its per-model file, then the keywords.
+Nothing here opens an MLflow run: MEND's `hypernetwork="auto"` looks only at the networks shipped with the
+package (give `runs:/<id>/mend` or a folder otherwise).
+"""
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+from torch import nn
+
+from editharm import config as C
+from editharm import data, evaluation, limits, models, registry, resume
+from editharm.deltas import Deltas, apply_
+from editharm.errors import ConfigError
+from editharm.module import EditModule, EditStep, restore_
+from editharm.nethook import get_parameter
+
+
+def build(cfg: C.RunConfig, model: nn.Module, tokenizer, evaluators: list, n_requests: int,
+          logger=None) -> EditModule:
+    """The configured method's module, with what its config names outside the package made concrete first (MEND's
+    hypernetwork: `editharm.mend_runs.resolve`, which reads the tracking store only when `logger` is a run's)."""
+    if cfg.method.name == "mend":
+        from editharm import mend_runs
+
+        mend_runs.resolve(cfg, model, tokenizer, logger)
+    return registry.method(cfg.method.name)(cfg, model, tokenizer, evaluators, n_requests)
+
+
+class Editor:
+    """Edits `model` (any causal LM whose architecture has templates, see `models.spec_from_model`) in place.
+
+    `method`: a registered method (`rome`, `memit`, `kn`, `mend`, `ft`; AlphaEdit is `memit` with
+    `nullspace=True`); `guard`: a guard name (`rect`, `magnitude`, `random`, `pca`, `nullspace`) or a dict with its
+    `name` and parameters (`{"name": "rect", "k": 0.3}`); `**hparams`: the method's config keys
+    (`configs/method/<method>.yaml`). `model_config`: a shipped model name or model YAML whose templates and
+    per-model defaults apply, when the model did not come from `editharm.load_model`. `max_rel_fro`: refuse an
+    edit step whose ‖ΔW‖/‖W‖ exceeds it. Statistics corpora are read from `data_dir` or $EDITHARM_DATA_DIR.
+
+    Used as a context manager, the weights are restored on exit."""
+
+    def __init__(self, model: nn.Module, tokenizer, method: str = "rome", guard: str | dict | None = None, *,
+                 model_config: str | C.ModelConfig | None = None, seed: int = 0, data_dir: str | None = None,
+                 cache_dir: str | None = None, max_rel_fro: float | None = None, **hparams):
+        guard = {"name": guard} if isinstance(guard, str) else dict(guard or {"name": "none"})
+        spec = model_config if isinstance(model_config, C.ModelConfig) else \
+            models.spec_of(model_config) if model_config else models.spec_from_model(model)
+        self.cfg = C.to_object(C.compose(
+            [f"method={method}", f"guard={guard.pop('name', 'none')}"],
+            model=C.OmegaConf.to_container(C.OmegaConf.structured(spec)),
+            overrides={"method": hparams, "guard": guard, "seed": seed, "data_dir": data_dir, "cache_dir": cache_dir,
+                       "edits": {"max_rel_fro": max_rel_fro}, "tasks": {"names": []},
+                       "probe": {"perplexity": False}}))
+        self.model, self.tokenizer = model, tokenizer
+        self.module = build(self.cfg, model, tokenizer, [], 0)
+        self.module.originals = {}
+        with _own_rng(seed):  # what the method computes from the unedited model, as a run's fit starts
+            self.module.on_fit_start()
+            self.module.on_train_start()
+        self._initial_state = copy.deepcopy(self.module.method_state())
+        self.requests: list[data.EditRequest] = []
+        """Every request edited and kept so far (what `metrics()` scores by default)."""
+        self.steps: list[EditStep] = []
+        """Every edit step so far: its deltas, metrics (`time/edit_s`, `delta/...`), tags, and why it was refused."""
+
+    @property
+    def hparams(self):
+        """The method's typed config, as composed (YAML defaults, per-model file, keywords)."""
+        return self.cfg.method
+
+    @property
+    def deltas(self) -> Deltas:
+        """Σ ΔW of the edits kept so far (float32), by parameter name: what a run logs as its `deltas/`."""
+        return self.module.cumulative
+
+    def edit(self, requests, mode: str = "instance-sequential", batch_size: int = 1) -> list[EditStep]:
+        """Edit `requests` (EditRequests or dicts: prompt, subject, target_new; optional ground_truth, rephrase,
+        locality_prompt, locality_answer) and return the steps, each with the deltas it applied.
+
+        `mode`, as a run's `edits.mode`: `instance-sequential` (one request per step, each kept), `batch-sequential`
+        (steps of `batch_size`), `batch` (all in one step), `single` (each request edited from the current weights
+        and undone before the next: the model ends as it began; apply a step's deltas with `applied`)."""
+        reqs = data.requests_of(requests)
+        if mode not in C.MODES:
+            raise ConfigError(f"mode={mode!r} is not valid; choose one of: {', '.join(C.MODES)}")
+        size = len(reqs) if mode == "batch" else 1 if mode in ("single", "instance-sequential") else batch_size
+        if size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        limits.check_requests(reqs, self.tokenizer, limits.context_length(self.model),
+                              limits.request_margin(self.cfg.method))
+        self.module.check_requests(reqs)
+        keep = mode != "single"
+        out = []
+        for i in range(0, len(reqs), size):
+            batch = reqs[i:i + size]
+            with _own_rng(self.cfg.seed):
+                step = self.module.edit_step(batch, keep=keep)
+            if not keep:
+                restore_(self.model, self.module._pending)
+                self.module._pending = {}
+            elif step.refused is None:
+                self.requests.extend(batch)
+            out.append(step)
+        self.steps.extend(out)
+        return out
+
+    @contextmanager
+    def applied(self, deltas: Deltas | Sequence[Deltas]) -> Iterator[nn.Module]:
+        """Apply `deltas` (one step's, or several) for the duration of the block; the weights they touch are
+        restored bit for bit on exit."""
+        many = [deltas] if isinstance(deltas, dict) else list(deltas)
+        names = {n for d in many for n in d}
+        saved = {n: get_parameter(self.model, n).detach().clone() for n in names}
+        try:
+            for d in many:
+                apply_(self.model, d)
+            yield self.model
+        finally:
+            restore_(self.model, saved)
+
+    @contextmanager
+    def unedited(self) -> Iterator[nn.Module]:
+        """The weights as they were before the first edit, for the duration of the block."""
+        edited = {n: get_parameter(self.model, n).detach().clone() for n in self.module.originals}
+        restore_(self.model, self.module.originals)
+        try:
+            yield self.model
+        finally:
+            restore_(self.model, edited)
+
+    def revert(self) -> None:
+        """Restore every weight the edits changed, bit for bit, and forget the edits (AlphaEdit's protected keys
+        included): the editor is as it was when built."""
+        restore_(self.model, self.module.originals)
+        m = self.module
+        m.originals, m.cumulative, m.n_edits, m.n_skipped = {}, {}, 0, 0
+        m.load_method_state(copy.deepcopy(self._initial_state))
+        self.requests, self.steps = [], []
+
+    def metrics(self, requests=None, batch_size: int = 16) -> evaluation.Results:
+        """Edit metrics of `requests` (default: every request edited and kept) on the current weights, with
+        `locality_unchanged` measured against the unedited weights' predictions (`evaluation.edit_metrics`)."""
+        reqs = data.requests_of(requests) if requests is not None else list(self.requests)
+        with self.unedited():
+            before = evaluation.edit_metrics(self.model, self.tokenizer, reqs, batch_size=batch_size)
+        return evaluation.edit_metrics(self.model, self.tokenizer, reqs, baseline=before, batch_size=batch_size)
+
+    def __enter__(self) -> Editor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.revert()
+
+
+@contextmanager
+def _own_rng(seed: int) -> Iterator[None]:
+    """The global RNGs seeded with `seed` inside (as a run seeds them), and the caller's put back after."""
+    import lightning as L
+
+    state = resume.rng_state()
+    try:
+        L.seed_everything(seed, workers=False, verbose=False)
+        yield
+    finally:
+        resume.set_rng_state(state)
+

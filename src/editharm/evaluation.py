@@ -1,0 +1,119 @@
+"""Scoring a model object from Python: the eight ability tasks, the perplexity probe and edit metrics, with the
+evaluators a run's validation loop uses, driven without a Trainer (`EditModule.evaluate`).
+
+    before = evaluate(model, tok, tasks=["rte", "sst2"], limit=50)
+    ...edit the model...
+    after = evaluate(model, tok, tasks=["rte", "sst2"], limit=50, baseline=before)
+    after.scores["rte"]["acc_delta"], after.scores["rte"]["acc_delta_ci_low"]   # paired, per example
+    after.to_pandas()
+
+Nothing here opens an MLflow run or imports mlflow.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from editharm import config as C
+from editharm import data, limits, models
+from editharm.evaluators import EditEvaluator, PerplexityEvaluator
+from editharm.module import EditModule
+from editharm.tasks import load_task
+from editharm.tasks.evaluator import TaskEvaluator
+
+
+@dataclass
+class Results:
+    """One evaluation: per evaluator (a task's name, `perplexity`, `edit`) its scores with their 95 % bootstrap
+    intervals (`<score>_ci_low/_ci_high`) and, given a baseline, paired differences (`<score>_delta` with their
+    intervals); the per-example rows; the figures fixed by the data (`n`, `chance`, `majority`)."""
+
+    scores: dict[str, dict[str, float]]
+    rows: dict[str, list[dict]] = field(default_factory=dict)
+    constants: dict[str, dict[str, float]] = field(default_factory=dict)
+    baselines: dict[str, dict] = field(default_factory=dict, repr=False)
+    """What a later evaluation's paired differences are measured from (`evaluate(..., baseline=this)`)."""
+    prefixes: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def metrics(self) -> dict[str, float]:
+        """Flat `<prefix>/<score>` names, as a run logs them (`ability/rte/acc`, `probe/perplexity`, ...)."""
+        return {f"{self.prefixes[name]}/{k}": v for name, values in self.scores.items() for k, v in values.items()}
+
+    def to_pandas(self, rows: bool = False):
+        """A DataFrame: one row per evaluator with its scores as columns, or (`rows=True`) one row per example
+        with the evaluator's name in column `task`. Needs pandas."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("Results.to_pandas needs pandas: pip install pandas") from None
+        if rows:
+            return pd.DataFrame([{"task": name, **row} for name, got in self.rows.items() for row in got])
+        return pd.DataFrame.from_dict(self.scores, orient="index").rename_axis("task")
+
+
+def ability_evaluators(cfg: C.RunConfig, tok, tasks: list, probe: str | None) -> list:
+    """The ability tasks' evaluators and the perplexity probe's, as `cfg.tasks` and `cfg.probe` configure them."""
+    out = [TaskEvaluator(task, tok, cfg.tasks.batch_size, cfg.tasks.dtype, cfg.tasks.batch_tokens) for task in tasks]
+    if probe is not None:
+        out.append(PerplexityEvaluator(tok, probe, cfg.probe.n_tokens, cfg.probe.chunk_tokens))
+    return out
+
+
+def load_tasks(cfg: C.RunConfig) -> tuple[list, str | None]:
+    """The configured tasks and the probe's text, read and checked before compute."""
+    root = data.data_dir(cfg.data_dir)
+    tasks = [load_task(name, cfg.tasks.protocol, root, cfg.tasks.limit, cfg.tasks.seed) for name in cfg.tasks.names]
+    probe = data.read_probe_text(root, cfg.probe.n_tokens * 8) if cfg.probe.perplexity else None
+    return tasks, probe
+
+
+def run(module: EditModule, baseline: Results | None = None) -> Results:
+    """One evaluation of `module.model` by `module.evaluators`, paired with `baseline` when given."""
+    for ev in module.evaluators:
+        if baseline is not None and ev.name in baseline.baselines:
+            ev.load_baseline(baseline.baselines[ev.name])
+    metrics, rows = module.evaluate()
+    scores = {ev.name: {k[len(ev.prefix) + 1:]: v for k, v in metrics.items() if k.startswith(f"{ev.prefix}/")}
+              for ev in module.evaluators}
+    return Results(scores, rows, {ev.name: ev.constants() for ev in module.evaluators},
+                   {ev.name: ev.baseline_state() for ev in module.evaluators},
+                   {ev.name: ev.prefix for ev in module.evaluators})
+
+
+def evaluate(model, tokenizer, tasks: Sequence[str] = C.TASKS, protocol: str = "gu2024", limit: int | None = 100,
+             seed: int = 0, dtype: str = "bfloat16", perplexity: bool = True, baseline: Results | None = None,
+             data_dir: str | None = None, batch_size: int = 64, batch_tokens: int = 4096) -> Results:
+    """Score a model object on ability tasks (`configs/task/<protocol>/<name>.yaml`) and the perplexity probe, as
+    `editharm evaluate` does: the same seeded subsets of `limit` examples, prompts, parsers and metrics, scored in
+    `dtype` (a copy of the weights unless it is the model's own). Given `baseline` (an earlier `Results` on the
+    same tasks), each score gains its paired difference from it. Data come from `data_dir` or $EDITHARM_DATA_DIR."""
+    cfg = configure(model, {"tasks": {"names": list(tasks), "protocol": protocol, "limit": limit, "seed": seed,
+                                      "dtype": dtype, "batch_size": batch_size, "batch_tokens": batch_tokens},
+                            "probe": {"perplexity": perplexity}, "data_dir": data_dir})
+    loaded, probe = load_tasks(cfg)
+    limits.fit_tasks(loaded, tokenizer, limits.context_length(model))
+    limits.check_probe(cfg.probe, limits.context_length(model))
+    module = EditModule(cfg, model, tokenizer, ability_evaluators(cfg, tokenizer, loaded, probe), n_requests=0)
+    return run(module, baseline)
+
+
+def edit_metrics(model, tokenizer, requests, baseline: Results | None = None, batch_size: int = 16) -> Results:
+    """Efficacy, generalization and locality of edit `requests` (EditRequests or dicts) on a model object, under
+    `scores["edit"]`: `*_token_acc` always, `*_success` when every request has a `ground_truth`, and
+    `locality_unchanged` against `baseline` (the same call on the unedited model; without one, the model's own
+    predictions are the reference and it is 1). `editharm.Editor.metrics` takes the baseline itself."""
+    reqs = data.requests_of(requests)
+    ev = EditEvaluator(reqs, "edit", all(r.ground_truth for r in reqs), batch_size)
+    ev.name = "edit"
+    module = EditModule(configure(model, {"tasks": {"names": []}, "probe": {"perplexity": False}}), model, tokenizer,
+                        [ev], n_requests=len(reqs))
+    return run(module, baseline)
+
+
+def configure(model, overrides: dict[str, Any], model_config=None) -> C.RunConfig:
+    """A run config for a model object: its model config (`model_config`, else the one `load_model` attached,
+    else read from the model) and `overrides` on the defaults."""
+    spec = model_config if isinstance(model_config, C.ModelConfig) else \
+        models.spec_of(model_config) if model_config else models.spec_from_model(model, templates=False)
+    node = C.OmegaConf.to_container(C.OmegaConf.structured(spec))
+    return C.to_object(C.compose(["method=ft"], model=node, overrides=overrides))

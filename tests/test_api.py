@@ -1,0 +1,214 @@
+"""The Python API (`import editharm`): in-memory edits equal what a run logs, bitwise reverts, evaluation equal to
+`editharm evaluate`, MLflow never imported, and the layering (no import circle; methods and tasks never log)."""
+import ast
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import editharm
+from editharm import config, data, deltas as D
+from editharm.errors import ConfigError, DataError
+from editharm.runs import edit, evaluate as cli_evaluate
+from tests.conftest import client, read_artifact
+
+BASE = ["tasks.names=[]", "probe.perplexity=false", "tracking.log_checkpoint=false", "tracking.log_model=false",
+        "edits.n=2", "edits.eval_every=2"]
+VALUE = ["v_num_grad_steps=5", "context_template_length_params=[[3,5]]", "mom2_max_len=32"]
+CASES = {  # model, method, method keys, guard keys
+    "rome": ("tiny-llama", "rome", VALUE, []),
+    "rome-rect": ("tiny-llama", "rome", VALUE, ["name=rect", "k=0.3"]),
+    "memit-gpt2": ("tiny-gpt2", "memit", ["layers=[0]", *VALUE], []),
+    "alphaedit-random": ("tiny-llama", "memit", ["nullspace=true", *VALUE], ["name=random", "k=0.5"]),
+    "kn": ("tiny-llama", "kn", ["steps=3"], []),
+    "ft-gpt2-nullspace": ("tiny-gpt2", "ft", ["layers=[0]", "steps=3", "norm_constraint=null"],
+                          ["name=nullspace", "mom2_max_len=32"]),
+    "mend": ("tiny-llama", "mend", [], []),
+}
+
+
+@pytest.fixture
+def mend_network(env, tmp_path) -> str:
+    """A tiny-llama MEND hypernetwork trained for a few steps, as a folder."""
+    from editharm import mend_runs, models
+    from editharm.runs import _model
+
+    cfg = config.load(["method=mend", "model=tiny-llama", "method.train.max_iters=4", "method.train.val_every=4"])
+    model, tok = _model(cfg)
+    run_id = mend_runs.train(cfg, model, tok)
+    return str(read_artifact(run_id, "mend", tmp_path / "net"))
+
+
+def _as_python(keys: list[str]) -> dict:
+    return OmegaConf.to_container(OmegaConf.from_dotlist(keys))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_in_memory_edit_equals_the_deltas_a_run_logs(env, tmp_path, request, case):
+    model_name, method, keys, guard = CASES[case]
+    if method == "mend":
+        keys = [f"hypernetwork={request.getfixturevalue('mend_network')}"]
+    argv = [f"model={model_name}", f"method={method}", *[f"method.{k}" for k in keys],
+            *([f"guard={_as_python(guard)['name']}"] + [f"guard.{k}" for k in guard[1:]] if guard else []), *BASE]
+    run_id = edit(argv)
+    logged = D.load(read_artifact(run_id, "deltas/deltas.safetensors", tmp_path / "logged"))
+
+    model, tok = editharm.load_model(model_name)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    requests, _ = data.load_requests(config.load(argv).edits, env)
+    editor = editharm.Editor(model, tok, method=method, guard=_as_python(guard) or None, **_as_python(keys))
+    steps = editor.edit([dataclasses.asdict(r) for r in requests])  # plain dicts, as a notebook passes them
+    assert len(steps) == 2 and all(s.refused is None for s in steps)
+    assert set(editor.deltas) == set(logged)
+    for name, delta in logged.items():
+        assert torch.equal(editor.deltas[name], delta), name
+    assert editor.metrics().scores["edit"]["efficacy_token_acc"] >= 0  # the edited requests are scored
+    editor.revert()
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # bit for bit
+
+
+def test_modes_revert_and_the_context_managers(env):
+    model, tok = editharm.load_model("tiny-llama")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    reqs = [{"prompt": "The capital of Kenya is", "subject": "Kenya", "target_new": " Paris",
+             "locality_prompt": "The sky is", "locality_answer": " blue"},
+            {"prompt": "Bob plays the", "subject": "Bob", "target_new": " violin"}]
+    unchanged = lambda: all(torch.equal(before[n], p) for n, p in model.named_parameters())  # noqa: E731
+    with editharm.Editor(model, tok, method="ft", layers=[0, 1], steps=3, norm_constraint=None, lr=0.05) as editor:
+        assert editor.metrics(reqs).scores["edit"]["locality_unchanged"] == 1.0  # nothing edited yet
+        single = editor.edit(reqs, mode="single")
+        assert unchanged() and editor.deltas == {} and len(single) == 2
+        with editor.applied(single[0].deltas):
+            assert not unchanged()
+        assert unchanged()
+        batch = editor.edit(reqs, mode="batch")
+        assert len(batch) == 1 and not unchanged()
+        with editor.unedited():
+            assert unchanged()
+        scores = editor.metrics().scores["edit"]
+        assert 0 <= scores["locality_unchanged"] <= 1 and scores["efficacy_token_acc"] > 0
+        editor.edit(reqs, mode="batch-sequential", batch_size=1)
+        assert len(editor.requests) == 4 and len(editor.steps) == 5
+    assert unchanged()  # the context manager reverted every kept edit
+
+
+def test_bad_input_is_one_clear_error(env):
+    model, tok = editharm.load_model("tiny-llama")
+    with pytest.raises(ConfigError, match="unknown method 'nope'; valid: .*rome"):
+        editharm.Editor(model, tok, method="nope")
+    with pytest.raises(ConfigError, match="unknown config key 'method.lyer'"):
+        editharm.Editor(model, tok, method="rome", lyer=0)
+    with pytest.raises(ConfigError, match=r"layer\(s\) \[7\] out of range .* 2 layers"):
+        editharm.Editor(model, tok, method="rome", layer=7)
+    editor = editharm.Editor(model, tok, method="ft", layers=[0])
+    with pytest.raises(DataError, match="request 0: subject 'Mars' does not occur"):
+        editor.edit([{"prompt": "The capital of Kenya is", "subject": "Mars", "target_new": " Paris"}])
+    with pytest.raises(DataError, match="unknown field"):
+        editor.edit([{"prompt": "Kenya", "subject": "Kenya", "target": " Paris"}])
+    with pytest.raises(ConfigError, match="mode='sequential' is not valid"):
+        editor.edit([{"prompt": "Kenya", "subject": "Kenya", "target_new": " x"}], mode="sequential")
+
+
+def test_any_model_object_is_read_through_its_model_type(env):
+    """A model built in memory (not by `load_model`) is edited through `configs/model_types.yaml`; every model type
+    there names modules its architecture has."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from editharm.nethook import get_module
+
+    for kind, templates in config.model_types().items():
+        cfg = AutoConfig.for_model(kind, vocab_size=257, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, n_embd=32, n_layer=2, n_head=4)
+        model = AutoModelForCausalLM.from_config(cfg)
+        for name in templates.values():
+            get_module(model, name.format(1))  # raises when the architecture has no such module
+    tok = editharm.load_model("tiny-llama")[1]
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(
+        "qwen2", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2))
+    editor = editharm.Editor(model, tok, method="rome", layer=0, **_as_python(VALUE))
+    (step,) = editor.edit({"prompt": "The capital of Kenya is", "subject": "Kenya", "target_new": " Paris"})
+    assert list(step.deltas) == ["model.layers.0.mlp.down_proj.weight"]
+
+
+def test_evaluate_equals_the_cli_and_pairs_with_a_baseline(env):
+    argv = ["model=tiny-llama", "tasks.names=[rte,sst2,nq_open]", "tasks.limit=6"]
+    logged = client().get_run(cli_evaluate(argv)).data.metrics
+    model, tok = editharm.load_model("tiny-llama")
+    got = editharm.evaluate(model, tok, tasks=["rte", "sst2", "nq_open"], limit=6)
+    ours = {k: v for k, v in got.metrics().items() if not k.startswith("time/")}
+    assert ours and set(ours) <= set(logged)
+    assert ours == pytest.approx({k: logged[k] for k in ours}, abs=0, rel=1e-12)
+    assert got.scores["rte"]["accuracy"] == logged["ability/rte/accuracy"] and len(got.rows["rte"]) == got.constants["rte"]["n"]
+    again = editharm.evaluate(model, tok, tasks=["rte", "sst2", "nq_open"], limit=6, baseline=got)
+    assert again.scores["rte"]["accuracy_delta"] == 0.0 and again.scores["nq_open"]["gold_logprob_delta"] == 0.0
+    frame = again.to_pandas()
+    assert list(frame.index) == ["rte", "sst2", "nq_open", "perplexity"] and "accuracy_delta_ci_low" in frame.columns
+
+
+def test_import_and_edit_without_mlflow(env):
+    """`import editharm`, an in-memory edit and an evaluation in a process where MLflow looks uninstalled (`import
+    mlflow` fails, `find_spec` finds nothing)."""
+    code = """
+import sys
+sys.modules["mlflow"] = None
+import editharm
+model, tok = editharm.load_model("tiny-llama")
+editor = editharm.Editor(model, tok, method="rome", v_num_grad_steps=3, context_template_length_params=[[3, 2]])
+editor.edit({"prompt": "The capital of Kenya is", "subject": "Kenya", "target_new": " Paris"})
+got = editharm.evaluate(model, tok, tasks=["sst2"], limit=4, perplexity=False)
+assert sys.modules["mlflow"] is None and not any(m.startswith("mlflow.") for m in sys.modules), "mlflow imported"
+print("edited", list(editor.deltas), got.scores["sst2"]["accuracy"])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "edited ['model.layers.0.mlp.down_proj.weight']" in out.stdout
+
+
+def _imports(root: Path) -> dict[str, set[str]]:
+    """Module -> the `editharm` modules it imports (at any depth of the file: lazy imports count)."""
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    edges = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + [base]).strip(".")
+                found |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
+        edges[name] = {m for m in found if m in modules or m.split(".")[0] == "mlflow"}
+    return edges
+
+
+def test_no_import_circle_and_methods_and_tasks_never_log():
+    edges = _imports(Path(editharm.__file__).parent)
+    for name, targets in edges.items():
+        if name.startswith(("editharm.methods", "editharm.tasks")):
+            assert not {t for t in targets if t == "editharm.tracking" or t.startswith("mlflow")}, name
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(edges.get(node, ())):
+            if nxt == "editharm":  # the package itself (its __init__ runs first anyway): not an edge of the layering
+                continue
+            if state.get(nxt) == 1:
+                pytest.fail("import circle: " + " -> ".join(path[path.index(nxt):] + [nxt]))
+            if nxt in edges and not state.get(nxt):
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for name in sorted(edges):
+        if not state.get(name):
+            visit(name, [name])
