@@ -150,6 +150,36 @@ def test_evaluate_equals_the_cli_and_pairs_with_a_baseline(env):
     assert list(frame.index) == ["rte", "sst2", "nq_open", "perplexity"] and "accuracy_delta_ci_low" in frame.columns
 
 
+def test_runs_only_when_asked_for(env, tmp_path):
+    model, tok = editharm.load_model("tiny-llama")
+    untracked = editharm.evaluate(model, tok, tasks=["sst2"], limit=4, perplexity=False)
+    with editharm.Editor(model, tok, method="ft", layers=[0]) as editor:
+        editor.edit({"prompt": "The capital of Kenya is", "subject": "Kenya", "target_new": " Paris"})
+    assert untracked.run_id is None and not (tmp_path / "mlflow.db").exists()  # no store was even created
+    got = editharm.evaluate(model, tok, tasks=["sst2"], limit=4, perplexity=False, track=True)
+    run = client().get_run(got.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["kind"] == "evaluate"
+    assert run.data.metrics == pytest.approx(got.metrics())
+    reqs = {"prompt": "The capital of Kenya is", "subject": "Kenya", "target_new": " Paris"}
+    with editharm.Editor(model, tok, method="ft", layers=[0], track="api-ft") as editor:
+        editor.edit([reqs, reqs])
+        scored = editor.metrics()
+        kept = {n: d.clone() for n, d in editor.deltas.items()}
+    run = client().get_run(scored.run_id)
+    assert (run.info.status, run.info.run_name, run.data.tags["method"]) == ("FINISHED", "api-ft", "ft")
+    assert [m.step for m in client().get_metric_history(run.info.run_id, "time/edit_s")] == [1, 2]
+    assert "edit/requests/efficacy_token_acc" in run.data.metrics
+    logged = D.load(read_artifact(run.info.run_id, "deltas/deltas.safetensors", tmp_path / "d"))
+    assert all(torch.equal(kept[n], logged[n]) for n in kept)
+    with pytest.raises(DataError):
+        with editharm.Editor(model, tok, method="ft", layers=[0], track="fails") as editor:
+            editor.edit([reqs])
+            editor.edit([{**reqs, "subject": "Mars"}])
+    (failed,) = client().search_runs([run.info.experiment_id], "attributes.run_name = 'fails'")
+    assert failed.info.status == "FAILED" and [m.step for m in client().get_metric_history(
+        failed.info.run_id, "time/edit_s")] == [1]  # what it logged stays
+
+
 def test_import_and_edit_without_mlflow(env):
     """`import editharm`, an in-memory edit and an evaluation in a process where MLflow looks uninstalled (`import
     mlflow` fails, `find_spec` finds nothing)."""

@@ -15,7 +15,7 @@ package (give `runs:/<id>/mend` or a folder otherwise).
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Iterator, Sequence
 
 from torch import nn
@@ -48,12 +48,16 @@ class Editor:
     (`configs/method/<method>.yaml`). `model_config`: a shipped model name or model YAML whose templates and
     per-model defaults apply, when the model did not come from `editharm.load_model`. `max_rel_fro`: refuse an
     edit step whose ‖ΔW‖/‖W‖ exceeds it. Statistics corpora are read from `data_dir` or $EDITHARM_DATA_DIR.
+    `track`: log an MLflow edit run (a string names it): each step's metrics at step = edits so far, `metrics()`
+    results, and Σ ΔW as `deltas/` when it ends (`close()`, or the end of a `with` block); without it nothing is
+    logged and MLflow is not imported.
 
-    Used as a context manager, the weights are restored on exit."""
+    Used as a context manager, the weights are restored on exit (after the run, if any, is closed)."""
 
     def __init__(self, model: nn.Module, tokenizer, method: str = "rome", guard: str | dict | None = None, *,
                  model_config: str | C.ModelConfig | None = None, seed: int = 0, data_dir: str | None = None,
-                 cache_dir: str | None = None, max_rel_fro: float | None = None, **hparams):
+                 cache_dir: str | None = None, max_rel_fro: float | None = None, track: bool | str = False,
+                 **hparams):
         guard = {"name": guard} if isinstance(guard, str) else dict(guard or {"name": "none"})
         spec = model_config if isinstance(model_config, C.ModelConfig) else \
             models.spec_of(model_config) if model_config else models.spec_from_model(model)
@@ -64,7 +68,15 @@ class Editor:
                        "edits": {"max_rel_fro": max_rel_fro}, "tasks": {"names": []},
                        "probe": {"perplexity": False}}))
         self.model, self.tokenizer = model, tokenizer
-        self.module = build(self.cfg, model, tokenizer, [], 0)
+        self._run = ExitStack()
+        self.logger = None
+        if track:
+            from editharm import api_runs
+
+            self.logger = self._run.enter_context(api_runs.opened(
+                self.cfg, api_runs.run_name(track, f"{method}-{self.cfg.model.name}"), "edit", method=method,
+                guard=self.cfg.guard.name))
+        self.module = build(self.cfg, model, tokenizer, [], 0, self.logger)
         self.module.originals = {}
         with _own_rng(seed):  # what the method computes from the unedited model, as a run's fit starts
             self.module.on_fit_start()
@@ -112,6 +124,10 @@ class Editor:
                 self.module._pending = {}
             elif step.refused is None:
                 self.requests.extend(batch)
+            if self.logger is not None:
+                from editharm import api_runs
+
+                api_runs.log_step(self.logger, step, self.module.n_edits)
             out.append(step)
         self.steps.extend(out)
         return out
@@ -155,13 +171,35 @@ class Editor:
         reqs = data.requests_of(requests) if requests is not None else list(self.requests)
         with self.unedited():
             before = evaluation.edit_metrics(self.model, self.tokenizer, reqs, batch_size=batch_size)
-        return evaluation.edit_metrics(self.model, self.tokenizer, reqs, baseline=before, batch_size=batch_size)
+        results = evaluation.edit_metrics(self.model, self.tokenizer, reqs, baseline=before, batch_size=batch_size)
+        if self.logger is not None:
+            from editharm import api_runs
+
+            api_runs.log_results(self.logger, results, step=self.module.n_edits)
+            results.run_id = self.logger.run_id
+        return results
+
+    def close(self) -> None:
+        """End the tracked run (`track=`): Σ ΔW of the kept edits logged as `deltas/`, the run FINISHED."""
+        if self.logger is not None:
+            from editharm import api_runs
+
+            api_runs.log_deltas(self.logger, self.model, self.module.cumulative)
+            self.logger = None
+            self._run.close()
 
     def __enter__(self) -> Editor:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.revert()
+        try:
+            if exc[0] is None:
+                self.close()
+            elif self.logger is not None:  # the run ends FAILED (or KILLED) with what it logged
+                self.logger = None
+                self._run.__exit__(*exc)
+        finally:
+            self.revert()
 
 
 @contextmanager

@@ -34,6 +34,8 @@ class Results:
     baselines: dict[str, dict] = field(default_factory=dict, repr=False)
     """What a later evaluation's paired differences are measured from (`evaluate(..., baseline=this)`)."""
     prefixes: dict[str, str] = field(default_factory=dict, repr=False)
+    run_id: str | None = None
+    """The MLflow run it was logged to (`track=`), or None."""
 
     def metrics(self) -> dict[str, float]:
         """Flat `<prefix>/<score>` names, as a run logs them (`ability/rte/acc`, `probe/perplexity`, ...)."""
@@ -82,11 +84,14 @@ def run(module: EditModule, baseline: Results | None = None) -> Results:
 
 def evaluate(model, tokenizer, tasks: Sequence[str] = C.TASKS, protocol: str = "gu2024", limit: int | None = 100,
              seed: int = 0, dtype: str = "bfloat16", perplexity: bool = True, baseline: Results | None = None,
-             data_dir: str | None = None, batch_size: int = 64, batch_tokens: int = 4096) -> Results:
+             data_dir: str | None = None, batch_size: int = 64, batch_tokens: int = 4096,
+             track: bool | str = False) -> Results:
     """Score a model object on ability tasks (`configs/task/<protocol>/<name>.yaml`) and the perplexity probe, as
     `editharm evaluate` does: the same seeded subsets of `limit` examples, prompts, parsers and metrics, scored in
     `dtype` (a copy of the weights unless it is the model's own). Given `baseline` (an earlier `Results` on the
-    same tasks), each score gains its paired difference from it. Data come from `data_dir` or $EDITHARM_DATA_DIR."""
+    same tasks), each score gains its paired difference from it. Data come from `data_dir` or $EDITHARM_DATA_DIR.
+    `track`: log it as an MLflow evaluate run (a string names the run; `$MLFLOW_TRACKING_URI`, else ./mlflow.db);
+    nothing is logged, and MLflow is not imported, without it."""
     cfg = configure(model, {"tasks": {"names": list(tasks), "protocol": protocol, "limit": limit, "seed": seed,
                                       "dtype": dtype, "batch_size": batch_size, "batch_tokens": batch_tokens},
                             "probe": {"perplexity": perplexity}, "data_dir": data_dir})
@@ -94,7 +99,15 @@ def evaluate(model, tokenizer, tasks: Sequence[str] = C.TASKS, protocol: str = "
     limits.fit_tasks(loaded, tokenizer, limits.context_length(model))
     limits.check_probe(cfg.probe, limits.context_length(model))
     module = EditModule(cfg, model, tokenizer, ability_evaluators(cfg, tokenizer, loaded, probe), n_requests=0)
-    return run(module, baseline)
+    if not track:
+        return run(module, baseline)
+    from editharm import api_runs
+
+    with api_runs.opened(cfg, api_runs.run_name(track, f"evaluate-{cfg.model.name}"), "evaluate") as logger:
+        results = run(module, baseline)
+        api_runs.log_results(logger, results, step=0)
+        results.run_id = logger.run_id
+    return results
 
 
 def edit_metrics(model, tokenizer, requests, baseline: Results | None = None, batch_size: int = 16) -> Results:
@@ -103,8 +116,7 @@ def edit_metrics(model, tokenizer, requests, baseline: Results | None = None, ba
     `locality_unchanged` against `baseline` (the same call on the unedited model; without one, the model's own
     predictions are the reference and it is 1). `editharm.Editor.metrics` takes the baseline itself."""
     reqs = data.requests_of(requests)
-    ev = EditEvaluator(reqs, "edit", all(r.ground_truth for r in reqs), batch_size)
-    ev.name = "edit"
+    ev = EditEvaluator(reqs, "requests", all(r.ground_truth for r in reqs), batch_size)  # edit/requests/<metric>
     module = EditModule(configure(model, {"tasks": {"names": []}, "probe": {"perplexity": False}}), model, tokenizer,
                         [ev], n_requests=len(reqs))
     return run(module, baseline)
