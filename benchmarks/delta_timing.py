@@ -17,7 +17,13 @@ import time
 import torch
 
 from editharm import config, data, models
-from editharm.registry import method
+try:
+    from editharm.building import build
+except ImportError:  # a checkout from before building.py: this script times older commits too
+    from editharm.registry import method
+
+    def build(cfg, model, tok, evaluators, n_requests):
+        return method(cfg.method.name)(cfg, model, tok, evaluators, n_requests)
 
 
 def edit_deltas(name: str, model_name: str, requests, overrides: list[str] = (),
@@ -26,7 +32,7 @@ def edit_deltas(name: str, model_name: str, requests, overrides: list[str] = (),
     model: one batch of all of them, or each request alone (`one_at_a_time`), statistics from the cache."""
     cfg = config.load([f"model={model_name}", f"method={name}", *overrides])
     model, tok = models.load(cfg.model, models.cache_root(cfg.cache_dir))
-    module = method(name)(cfg, model, tok, [], n_requests=len(requests))
+    module = build(cfg, model, tok, [], n_requests=len(requests))
     module.on_fit_start()
     module._measured = {}
     batches = [[r] for r in requests] if one_at_a_time else [list(requests)]

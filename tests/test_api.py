@@ -19,15 +19,20 @@ from tests.conftest import client, read_artifact
 BASE = ["tasks.names=[]", "probe.perplexity=false", "tracking.log_checkpoint=false", "tracking.log_model=false",
         "edits.n=2", "edits.eval_every=2"]
 VALUE = ["v_num_grad_steps=5", "context_template_length_params=[[3,5]]", "mom2_max_len=32"]
-CASES = {  # model, method, method keys, guard keys
-    "rome": ("tiny-llama", "rome", VALUE, []),
-    "rome-rect": ("tiny-llama", "rome", VALUE, ["name=rect", "k=0.3"]),
-    "memit-gpt2": ("tiny-gpt2", "memit", ["layers=[0]", *VALUE], []),
-    "alphaedit-random": ("tiny-llama", "memit", ["nullspace=true", *VALUE], ["name=random", "k=0.5"]),
-    "kn": ("tiny-llama", "kn", ["steps=3"], []),
+BATCHES = (["edits.mode=batch-sequential", "edits.n=4", "edits.batch_size=2", "edits.eval_every=4"],
+           {"mode": "batch-sequential", "batch_size": 2})
+CASES = {  # model, method, method keys, guard keys, (run's edit keys, Editor.edit's keywords)
+    "rome": ("tiny-llama", "rome", VALUE, [], ([], {})),
+    "rome-rect": ("tiny-llama", "rome", VALUE, ["name=rect", "k=0.3"], ([], {})),
+    "rome-magnitude": ("tiny-llama", "rome", VALUE, ["name=magnitude", "k=0.3"], ([], {})),
+    "memit-gpt2-batches": ("tiny-gpt2", "memit", ["layers=[0]", *VALUE], [], BATCHES),
+    "memit-pca": ("tiny-llama", "memit", VALUE, ["name=pca", "rank=2"], (["edits=zsre-batch", "edits.n=2"],
+                                                                          {"mode": "batch"})),
+    "alphaedit-random": ("tiny-llama", "memit", ["nullspace=true", *VALUE], ["name=random", "k=0.5"], ([], {})),
+    "kn": ("tiny-llama", "kn", ["steps=3"], [], ([], {})),
     "ft-gpt2-nullspace": ("tiny-gpt2", "ft", ["layers=[0]", "steps=3", "norm_constraint=null"],
-                          ["name=nullspace", "mom2_max_len=32"]),
-    "mend": ("tiny-llama", "mend", [], []),
+                          ["name=nullspace", "mom2_max_len=32"], ([], {})),
+    "mend": ("tiny-llama", "mend", [], [], ([], {})),
 }
 
 
@@ -48,27 +53,37 @@ def _as_python(keys: list[str]) -> dict:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_in_memory_edit_equals_the_deltas_a_run_logs(env, tmp_path, request, case):
-    model_name, method, keys, guard = CASES[case]
+def test_in_memory_edit_equals_the_deltas_and_metrics_a_run_logs(env, tmp_path, request, case):
+    """Same config, same requests: the Editor's Σ ΔW and edit metrics equal the run's, and after `revert` the
+    weights are bit for bit the loaded ones and a second `edit` gives the same ΔW again (AlphaEdit's protected
+    keys and the random guard's draws start afresh)."""
+    model_name, method, keys, guard, (run_keys, mode) = CASES[case]
     if method == "mend":
         keys = [f"hypernetwork={request.getfixturevalue('mend_network')}"]
     argv = [f"model={model_name}", f"method={method}", *[f"method.{k}" for k in keys],
-            *([f"guard={_as_python(guard)['name']}"] + [f"guard.{k}" for k in guard[1:]] if guard else []), *BASE]
+            *([f"guard={_as_python(guard)['name']}"] + [f"guard.{k}" for k in guard[1:]] if guard else []), *BASE,
+            *run_keys]
     run_id = edit(argv)
     logged = D.load(read_artifact(run_id, "deltas/deltas.safetensors", tmp_path / "logged"))
+    n = config.load(argv).edits.n
+    history = {k: v for k, v in client().get_run(run_id).data.metrics.items() if k.startswith("edit/zsre/")}
 
     model, tok = editharm.load_model(model_name)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     requests, _ = data.load_requests(config.load(argv).edits, env)
     editor = editharm.Editor(model, tok, method=method, guard=_as_python(guard) or None, **_as_python(keys))
-    steps = editor.edit([dataclasses.asdict(r) for r in requests])  # plain dicts, as a notebook passes them
-    assert len(steps) == 2 and all(s.refused is None for s in steps)
-    assert set(editor.deltas) == set(logged)
-    for name, delta in logged.items():
-        assert torch.equal(editor.deltas[name], delta), name
-    assert editor.metrics().scores["edit"]["efficacy_token_acc"] >= 0  # the edited requests are scored
-    editor.revert()
-    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # bit for bit
+    for attempt in range(2):
+        steps = editor.edit([dataclasses.asdict(r) for r in requests], **mode)  # plain dicts, as a notebook's
+        assert sum(len(s.deltas) > 0 for s in steps) == len(steps) and all(s.refused is None for s in steps)
+        assert set(editor.deltas) == set(logged)
+        for name, delta in logged.items():
+            assert torch.equal(editor.deltas[name], delta), (attempt, name)
+        if attempt == 0:
+            scores = {f"edit/zsre/{k}": v for k, v in editor.metrics().scores["edit"].items()}
+            assert len(editor.requests) == n and len(history) == 3  # zsRE's protocol: token accuracies
+            assert {k: scores[k] for k in history} == history  # the run's last evaluation, to the bit
+        editor.revert()
+        assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # bit for bit
 
 
 def test_modes_revert_and_the_context_managers(env):
@@ -111,6 +126,12 @@ def test_bad_input_is_one_clear_error(env):
         editor.edit([{"prompt": "Kenya", "subject": "Kenya", "target": " Paris"}])
     with pytest.raises(ConfigError, match="mode='sequential' is not valid"):
         editor.edit([{"prompt": "Kenya", "subject": "Kenya", "target_new": " x"}], mode="sequential")
+    with pytest.raises(ConfigError, match="batch_size must be an int >= 1, got 0"):
+        editor.edit([{"prompt": "Kenya", "subject": "Kenya", "target_new": " x"}], "batch-sequential", 0)
+    with pytest.raises(ConfigError, match="guard must be a guard name or a dict"):
+        editharm.Editor(model, tok, method="ft", guard=3)
+    with pytest.raises(DataError, match="no edit has been kept yet"):
+        editor.metrics()
 
 
 def test_any_model_object_is_read_through_its_model_type(env):
@@ -144,10 +165,22 @@ def test_evaluate_equals_the_cli_and_pairs_with_a_baseline(env):
     assert ours and set(ours) <= set(logged)
     assert ours == pytest.approx({k: logged[k] for k in ours}, abs=0, rel=1e-12)
     assert got.scores["rte"]["accuracy"] == logged["ability/rte/accuracy"] and len(got.rows["rte"]) == got.constants["rte"]["n"]
-    again = editharm.evaluate(model, tok, tasks=["rte", "sst2", "nq_open"], limit=6, baseline=got)
-    assert again.scores["rte"]["accuracy_delta"] == 0.0 and again.scores["nq_open"]["gold_logprob_delta"] == 0.0
-    frame = again.to_pandas()
+    with editharm.Editor(model, tok, method="ft", layers=[0, 1], lr=0.05, steps=5, norm_constraint=None) as editor:
+        editor.edit([{"prompt": "Premise: the cat sat. Hypothesis: it sat. Answer", "subject": "cat",
+                      "target_new": " false"}] * 2)
+        paired = editharm.evaluate(model, tok, tasks=["rte", "sst2", "nq_open"], limit=6, baseline=got)
+        alone = editharm.evaluate(model, tok, tasks=["rte", "sst2", "nq_open"], limit=6)
+    for task, score in (("rte", "accuracy"), ("sst2", "gold_logprob"), ("nq_open", "gold_logprob")):
+        delta = paired.scores[task][f"{score}_delta"]
+        assert delta == pytest.approx(alone.scores[task][score] - got.scores[task][score], abs=1e-12)
+        assert paired.scores[task][f"{score}_delta_ci_low"] <= delta <= paired.scores[task][f"{score}_delta_ci_high"]
+    assert paired.scores["sst2"]["gold_logprob_delta"] != 0  # the edit moved something
+    frame = paired.to_pandas()
     assert list(frame.index) == ["rte", "sst2", "nq_open", "perplexity"] and "accuracy_delta_ci_low" in frame.columns
+    with pytest.raises(ConfigError, match="baseline: rte scored other examples"):
+        editharm.evaluate(model, tok, tasks=["rte"], limit=1, baseline=got)
+    with pytest.raises(ConfigError, match="baseline: boolq is not in the baseline"):
+        editharm.evaluate(model, tok, tasks=["boolq"], limit=6, baseline=got)
 
 
 def test_runs_only_when_asked_for(env, tmp_path):
@@ -187,6 +220,7 @@ def test_import_and_edit_without_mlflow(env):
 import sys
 sys.modules["mlflow"] = None
 import editharm
+assert "torch" not in sys.modules  # the package itself is light: the command line starts at once
 model, tok = editharm.load_model("tiny-llama")
 editor = editharm.Editor(model, tok, method="rome", v_num_grad_steps=3, context_template_length_params=[[3, 2]])
 editor.edit({"prompt": "The capital of Kenya is", "subject": "Kenya", "target_new": " Paris"})

@@ -9,14 +9,24 @@
         print(editor.metrics().scores["edit"])
         after = editharm.evaluate(model, tok, tasks=["rte", "sst2"], limit=50, baseline=before)
 
-Importing the package registers the built-in methods, guards and tasks (`editharm.registry`); it never imports
-MLflow, which only runs (`editharm edit`, `mlflow run .`) use.
+The names below are imported on first use (`import editharm` itself loads neither torch nor MLflow, so the
+command line starts at once); MLflow is imported only by runs (`editharm edit`, `mlflow run .`, `track=`).
 """
-from editharm import guards, methods, tasks  # noqa: F401  (fill the registry)
-from editharm.data import EditRequest
-from editharm.editor import Editor
-from editharm.evaluation import Results, edit_metrics, evaluate
-from editharm.models import load_model
+from importlib import import_module
 
 __version__ = "0.1.0"
-__all__ = ["EditRequest", "Editor", "Results", "edit_metrics", "evaluate", "load_model", "__version__"]
+
+_API = {"load_model": "editharm.models", "Editor": "editharm.editor", "evaluate": "editharm.evaluation",
+        "edit_metrics": "editharm.evaluation", "Results": "editharm.evaluation", "EditRequest": "editharm.data",
+        "EditStep": "editharm.module"}
+__all__ = [*sorted(_API), "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(import_module(_API[name]), name)
+    raise AttributeError(f"module 'editharm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

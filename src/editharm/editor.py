@@ -6,7 +6,7 @@
     editor.metrics()          # efficacy, generalization, locality of every request edited so far
     editor.revert()           # the weights as they were, bit for bit
 
-A run (`editharm edit`, `mlflow run .`, a grid cell) builds the same module with `build` and lets a Lightning
+A run (`editharm edit`, `mlflow run .`, a grid cell) builds the same module (`building.build`) and lets a Lightning
 Trainer call its `training_step`, which is `EditModule.edit_step`; the Editor calls `edit_step` itself. Hyper-
 parameters are composed as the CLI composes them: the method's YAML, its per-model file, then the keywords.
 Nothing here opens an MLflow run: MEND's `hypernetwork="auto"` looks only at the networks shipped with the
@@ -15,28 +15,22 @@ package (give `runs:/<id>/mend` or a folder otherwise).
 from __future__ import annotations
 
 import copy
+import random
+import sys
 from contextlib import ExitStack, contextmanager
 from typing import Iterator, Sequence
 
+import numpy as np
+import torch
 from torch import nn
 
 from editharm import config as C
-from editharm import data, evaluation, limits, models, registry, resume
+from editharm import data, evaluation, limits, models, resume
 from editharm.deltas import Deltas, apply_
-from editharm.errors import ConfigError
-from editharm.module import EditModule, EditStep, restore_
+from editharm.errors import ConfigError, DataError
+from editharm.building import build
+from editharm.module import EditStep, restore_
 from editharm.nethook import get_parameter
-
-
-def build(cfg: C.RunConfig, model: nn.Module, tokenizer, evaluators: list, n_requests: int,
-          logger=None) -> EditModule:
-    """The configured method's module, with what its config names outside the package made concrete first (MEND's
-    hypernetwork: `editharm.mend_runs.resolve`, which reads the tracking store only when `logger` is a run's)."""
-    if cfg.method.name == "mend":
-        from editharm import mend_runs
-
-        mend_runs.resolve(cfg, model, tokenizer, logger)
-    return registry.method(cfg.method.name)(cfg, model, tokenizer, evaluators, n_requests)
 
 
 class Editor:
@@ -58,9 +52,11 @@ class Editor:
                  model_config: str | C.ModelConfig | None = None, seed: int = 0, data_dir: str | None = None,
                  cache_dir: str | None = None, max_rel_fro: float | None = None, track: bool | str = False,
                  **hparams):
+        if guard is not None and not isinstance(guard, (str, dict)):
+            raise ConfigError(f"guard must be a guard name or a dict with its name and parameters, got {guard!r}; "
+                              f"e.g. guard='rect' or guard={{'name': 'rect', 'k': 0.3}}")
         guard = {"name": guard} if isinstance(guard, str) else dict(guard or {"name": "none"})
-        spec = model_config if isinstance(model_config, C.ModelConfig) else \
-            models.spec_of(model_config) if model_config else models.spec_from_model(model)
+        spec = models.resolve_spec(model, model_config)
         self.cfg = C.to_object(C.compose(
             [f"method={method}", f"guard={guard.pop('name', 'none')}"],
             model=C.OmegaConf.to_container(C.OmegaConf.structured(spec)),
@@ -70,17 +66,22 @@ class Editor:
         self.model, self.tokenizer = model, tokenizer
         self._run = ExitStack()
         self.logger = None
+        self._rng: dict | None = None  # the editor's own global-RNG state between calls (seeded once, as a run)
         if track:
             from editharm import api_runs
 
             self.logger = self._run.enter_context(api_runs.opened(
                 self.cfg, api_runs.run_name(track, f"{method}-{self.cfg.model.name}"), "edit", method=method,
                 guard=self.cfg.guard.name))
-        self.module = build(self.cfg, model, tokenizer, [], 0, self.logger)
-        self.module.originals = {}
-        with _own_rng(seed):  # what the method computes from the unedited model, as a run's fit starts
-            self.module.on_fit_start()
-            self.module.on_train_start()
+        try:
+            self.module = build(self.cfg, model, tokenizer, [], 0, self.logger)
+            self.module.originals = {}
+            with self._own_rng():  # what the method computes from the unedited model, as a run's fit starts
+                self.module.on_fit_start()
+                self.module.on_train_start()
+        except BaseException:
+            self._run.__exit__(*sys.exc_info())  # a tracked run ends FAILED with what it logged
+            raise
         self._initial_state = copy.deepcopy(self.module.method_state())
         self.requests: list[data.EditRequest] = []
         """Every request edited and kept so far (what `metrics()` scores by default)."""
@@ -104,12 +105,11 @@ class Editor:
         `mode`, as a run's `edits.mode`: `instance-sequential` (one request per step, each kept), `batch-sequential`
         (steps of `batch_size`), `batch` (all in one step), `single` (each request edited from the current weights
         and undone before the next: the model ends as it began; apply a step's deltas with `applied`)."""
+        C.choice("mode", mode, C.MODES)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
         reqs = data.requests_of(requests)
-        if mode not in C.MODES:
-            raise ConfigError(f"mode={mode!r} is not valid; choose one of: {', '.join(C.MODES)}")
         size = len(reqs) if mode == "batch" else 1 if mode in ("single", "instance-sequential") else batch_size
-        if size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         limits.check_requests(reqs, self.tokenizer, limits.context_length(self.model),
                               limits.request_margin(self.cfg.method))
         self.module.check_requests(reqs)
@@ -117,11 +117,10 @@ class Editor:
         out = []
         for i in range(0, len(reqs), size):
             batch = reqs[i:i + size]
-            with _own_rng(self.cfg.seed):
+            with self._own_rng():
                 step = self.module.edit_step(batch, keep=keep)
             if not keep:
-                restore_(self.model, self.module._pending)
-                self.module._pending = {}
+                self.module.undo_pending()
             elif step.refused is None:
                 self.requests.extend(batch)
             if self.logger is not None:
@@ -129,7 +128,7 @@ class Editor:
 
                 api_runs.log_step(self.logger, step, self.module.n_edits)
             out.append(step)
-        self.steps.extend(out)
+            self.steps.append(step)
         return out
 
     @contextmanager
@@ -163,12 +162,14 @@ class Editor:
         m = self.module
         m.originals, m.cumulative, m.n_edits, m.n_skipped = {}, {}, 0, 0
         m.load_method_state(copy.deepcopy(self._initial_state))
-        self.requests, self.steps = [], []
+        self.requests, self.steps, self._rng = [], [], None
 
     def metrics(self, requests=None, batch_size: int = 16) -> evaluation.Results:
         """Edit metrics of `requests` (default: every request edited and kept) on the current weights, with
         `locality_unchanged` measured against the unedited weights' predictions (`evaluation.edit_metrics`)."""
-        reqs = data.requests_of(requests) if requests is not None else list(self.requests)
+        if requests is None and not self.requests:
+            raise DataError("Editor.metrics: no edit has been kept yet (single mode keeps none); pass requests=[...]")
+        reqs = data.requests_of(requests if requests is not None else self.requests)
         with self.unedited():
             before = evaluation.edit_metrics(self.model, self.tokenizer, reqs, batch_size=batch_size)
         results = evaluation.edit_metrics(self.model, self.tokenizer, reqs, baseline=before, batch_size=batch_size)
@@ -178,6 +179,22 @@ class Editor:
             api_runs.log_results(self.logger, results, step=self.module.n_edits)
             results.run_id = self.logger.run_id
         return results
+
+    @contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        """The global RNGs as the editor left them (seeded with `seed` at first, as a run seeds them once), and the
+        caller's put back after: edits do not depend on, nor change, what the caller draws."""
+        outer = resume.rng_state()
+        try:
+            if self._rng is None:
+                seed = self.cfg.seed
+                random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+            else:
+                resume.set_rng_state(self._rng)
+            yield
+            self._rng = resume.rng_state()
+        finally:
+            resume.set_rng_state(outer)
 
     def close(self) -> None:
         """End the tracked run (`track=`): Σ ΔW of the kept edits logged as `deltas/`, the run FINISHED."""
@@ -200,17 +217,3 @@ class Editor:
                 self._run.__exit__(*exc)
         finally:
             self.revert()
-
-
-@contextmanager
-def _own_rng(seed: int) -> Iterator[None]:
-    """The global RNGs seeded with `seed` inside (as a run seeds them), and the caller's put back after."""
-    import lightning as L
-
-    state = resume.rng_state()
-    try:
-        L.seed_everything(seed, workers=False, verbose=False)
-        yield
-    finally:
-        resume.set_rng_state(state)
-

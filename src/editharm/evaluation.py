@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from editharm import config as C
 from editharm import data, limits, models
+from editharm.errors import ConfigError
 from editharm.evaluators import EditEvaluator, PerplexityEvaluator
 from editharm.module import EditModule
 from editharm.tasks import load_task
@@ -24,15 +25,18 @@ from editharm.tasks.evaluator import TaskEvaluator
 
 @dataclass
 class Results:
-    """One evaluation: per evaluator (a task's name, `perplexity`, `edit`) its scores with their 95 % bootstrap
-    intervals (`<score>_ci_low/_ci_high`) and, given a baseline, paired differences (`<score>_delta` with their
-    intervals); the per-example rows; the figures fixed by the data (`n`, `chance`, `majority`)."""
+    """One evaluation: per evaluator (a task's name, `perplexity`, `edit`) its scores, for a task with their 95 %
+    bootstrap intervals (`<score>_ci_low/_ci_high`) and, given a baseline, paired differences (`<score>_delta` with
+    their intervals); the per-example rows; the figures fixed by the data (`n`, `chance`, `majority`). The edit
+    metrics and perplexity are means without intervals, as a run logs them."""
 
     scores: dict[str, dict[str, float]]
     rows: dict[str, list[dict]] = field(default_factory=dict)
     constants: dict[str, dict[str, float]] = field(default_factory=dict)
     baselines: dict[str, dict] = field(default_factory=dict, repr=False)
     """What a later evaluation's paired differences are measured from (`evaluate(..., baseline=this)`)."""
+    data_keys: dict[str, str] = field(default_factory=dict, repr=False)
+    """Per evaluator, what it scored (protocol, task version, example indices; the requests): a baseline must match."""
     prefixes: dict[str, str] = field(default_factory=dict, repr=False)
     run_id: str | None = None
     """The MLflow run it was logged to (`track=`), or None."""
@@ -70,33 +74,46 @@ def load_tasks(cfg: C.RunConfig) -> tuple[list, str | None]:
 
 
 def run(module: EditModule, baseline: Results | None = None) -> Results:
-    """One evaluation of `module.model` by `module.evaluators`, paired with `baseline` when given."""
+    """One evaluation of `module.model` by `module.evaluators`, paired with `baseline` when given (checked first:
+    a baseline must hold every paired evaluator, on the same examples)."""
+    for ev in module.evaluators:
+        if baseline is None or not ev.baseline_state():
+            continue  # nothing to pair (the perplexity probe)
+        if baseline.data_keys.get(ev.name) != ev.data_key():
+            where = "is not in the baseline" if ev.name not in baseline.data_keys else "scored other examples there"
+            raise ConfigError(f"baseline: {ev.name} {where} (baseline: {sorted(baseline.data_keys)}); a paired "
+                              "comparison needs the same tasks, protocol, limit and seed (edit metrics: the same "
+                              "requests, in order) as the baseline evaluation")
     for ev in module.evaluators:
         if baseline is not None and ev.name in baseline.baselines:
             ev.load_baseline(baseline.baselines[ev.name])
     metrics, rows = module.evaluate()
     scores = {ev.name: {k[len(ev.prefix) + 1:]: v for k, v in metrics.items() if k.startswith(f"{ev.prefix}/")}
               for ev in module.evaluators}
-    return Results(scores, rows, {ev.name: ev.constants() for ev in module.evaluators},
-                   {ev.name: ev.baseline_state() for ev in module.evaluators},
-                   {ev.name: ev.prefix for ev in module.evaluators})
+    evs = module.evaluators
+    return Results(scores, rows, constants={ev.name: ev.constants() for ev in evs},
+                   baselines={ev.name: ev.baseline_state() for ev in evs},
+                   data_keys={ev.name: ev.data_key() for ev in evs}, prefixes={ev.name: ev.prefix for ev in evs})
 
 
 def evaluate(model, tokenizer, tasks: Sequence[str] = C.TASKS, protocol: str = "gu2024", limit: int | None = 100,
              seed: int = 0, dtype: str = "bfloat16", perplexity: bool = True, baseline: Results | None = None,
              data_dir: str | None = None, batch_size: int = 64, batch_tokens: int = 4096,
              track: bool | str = False) -> Results:
-    """Score a model object on ability tasks (`configs/task/<protocol>/<name>.yaml`) and the perplexity probe, as
-    `editharm evaluate` does: the same seeded subsets of `limit` examples, prompts, parsers and metrics, scored in
-    `dtype` (a copy of the weights unless it is the model's own). Given `baseline` (an earlier `Results` on the
-    same tasks), each score gains its paired difference from it. Data come from `data_dir` or $EDITHARM_DATA_DIR.
+    """Score a model object, where it is (CPU or GPU), on ability tasks (`configs/task/<protocol>/<name>.yaml`) and
+    the perplexity probe, as `editharm evaluate` does: the same seeded subsets of `limit` examples, prompts (too long
+    ones truncated as the task says, and counted in a printed line), parsers and metrics, scored in `dtype` (a copy
+    of the weights unless it is the model's own). Given `baseline` (an earlier `Results` on the same tasks), each
+    task score gains its paired difference from it. Data come from `data_dir` or $EDITHARM_DATA_DIR.
     `track`: log it as an MLflow evaluate run (a string names the run; `$MLFLOW_TRACKING_URI`, else ./mlflow.db);
     nothing is logged, and MLflow is not imported, without it."""
-    cfg = configure(model, {"tasks": {"names": list(tasks), "protocol": protocol, "limit": limit, "seed": seed,
+    cfg = configure(model, {"tasks": {"names": [tasks] if isinstance(tasks, str) else list(tasks), "protocol": protocol, "limit": limit, "seed": seed,
                                       "dtype": dtype, "batch_size": batch_size, "batch_tokens": batch_tokens},
                             "probe": {"perplexity": perplexity}, "data_dir": data_dir})
     loaded, probe = load_tasks(cfg)
-    limits.fit_tasks(loaded, tokenizer, limits.context_length(model))
+    for name, n in limits.fit_tasks(loaded, tokenizer, limits.context_length(model)).items():
+        print(f"editharm: task {name}: {n} prompts longer than the model's {limits.context_length(model)} positions "
+              "keep their last tokens")
     limits.check_probe(cfg.probe, limits.context_length(model))
     module = EditModule(cfg, model, tokenizer, ability_evaluators(cfg, tokenizer, loaded, probe), n_requests=0)
     if not track:
@@ -122,10 +139,8 @@ def edit_metrics(model, tokenizer, requests, baseline: Results | None = None, ba
     return run(module, baseline)
 
 
-def configure(model, overrides: dict[str, Any], model_config=None) -> C.RunConfig:
-    """A run config for a model object: its model config (`model_config`, else the one `load_model` attached,
-    else read from the model) and `overrides` on the defaults."""
-    spec = model_config if isinstance(model_config, C.ModelConfig) else \
-        models.spec_of(model_config) if model_config else models.spec_from_model(model, templates=False)
-    node = C.OmegaConf.to_container(C.OmegaConf.structured(spec))
+def configure(model, overrides: dict[str, Any]) -> C.RunConfig:
+    """A scoring config for a model object (`models.spec_from_model`, templates not needed) with `overrides` on
+    the defaults of `configs/run.yaml`. Scoring uses no method; `ft`, valid on every model, fills the slot."""
+    node = C.OmegaConf.to_container(C.OmegaConf.structured(models.spec_from_model(model, templates=False)))
     return C.to_object(C.compose(["method=ft"], model=node, overrides=overrides))

@@ -9,6 +9,7 @@ An evaluator owns its data, updates torchmetrics states in `update` (one validat
 """
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
@@ -46,8 +47,12 @@ class Evaluator(nn.Module):
         """Put back what `resume_state` returned."""
 
     def baseline_state(self) -> dict:
-        """What paired comparisons with this evaluation need (`editharm.evaluate(..., baseline=)`)."""
+        """What paired comparisons with this evaluation need (`editharm.evaluate(..., baseline=)`); {} for none."""
         return {}
+
+    def data_key(self) -> str:
+        """What this evaluator scores, as a string a paired baseline must share."""
+        return self.name
 
     def load_baseline(self, state: dict) -> None:
         """Measure later evaluations against `state` (another evaluator's `baseline_state`, same data)."""
@@ -157,6 +162,11 @@ class EditEvaluator(Evaluator):
     def baseline_state(self) -> dict:
         """The locality answers' predicted tokens, by request index."""
         return {"pre_locality": dict(self.pre_locality)}
+
+    def data_key(self) -> str:
+        """The requests, in order (locality baselines are matched by index)."""
+        fields = [(r.prompt, r.subject, r.target_new, r.locality_prompt, r.locality_answer) for r in self.requests]
+        return f"{self.prefix}:{hashlib.sha256(repr(fields).encode()).hexdigest()[:16]}"
 
     def load_baseline(self, state: dict) -> None:
         self.pre_locality = {int(i): tuple(p) for i, p in state["pre_locality"].items()}

@@ -8,10 +8,12 @@ The method (`methods/mend.py`) reads a folder and never the tracking store; this
 `train-mend` run of the store tagged with this model identity, these inner parameters, this architecture and
 this data choice (`mend.data`); with none, a network shipped inside the package (`editharm/hypernetworks/<name>/`)
 built for the same; with none (and `method.auto_train`), it trains one first as a run nested in the edit run.
-Without a run (`logger=None`, the Python API untracked) `auto` looks only at the shipped networks.
+Without a run (`logger=None`: the Python API untracked) `auto` looks only at the shipped networks and never
+trains; a `runs:/` URI is still fetched from the tracking store it names (that needs MLflow).
 """
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 from pathlib import Path
 
@@ -41,7 +43,8 @@ def data_tag(cfg) -> str:
 
 def resolve(cfg, model, tok, logger=None) -> str:
     """Make `cfg.method.hypernetwork` a local folder and return what it was resolved from (`runs:/<id>/mend`, or
-    the folder), tagged on the run as `mend.hypernetwork`. `logger=None`: no tracking store is read or written."""
+    the folder), tagged on the run as `mend.hypernetwork`. `logger=None`: `auto` neither searches the tracking
+    store nor trains (a `runs:/` URI is fetched all the same)."""
     m = cfg.method
     spec = (m.hypernetwork or "").strip()
     if not spec:
@@ -87,6 +90,9 @@ def _auto(cfg, model, tok, logger) -> str:
 
 def _fetch(spec: str, cfg) -> Path:
     if spec.startswith("runs:/"):
+        if importlib.util.find_spec("mlflow") is None:
+            raise ConfigError(f"method.hypernetwork={spec} lives in an MLflow tracking store, and MLflow is not "
+                              "installed here; pip install mlflow, or give the network's folder")
         return tracking.fetch_artifact(spec, models.cache_root(cfg.cache_dir) / "mend", tracking.tracking_uri(cfg))
     return Path(spec).expanduser()
 

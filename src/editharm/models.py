@@ -55,29 +55,57 @@ def load_model(name_or_path: str, dtype: str | None = None, cache_dir: str | Non
 
 
 def spec_of(name_or_path: str, dtype: str | None = None) -> ModelConfig:
-    """The model config `name_or_path` means: a shipped model or a model YAML, else a hub id or checkpoint directory
-    whose config's `model_type` has templates in `configs/model_types.yaml`."""
+    """The model config `name_or_path` means: a shipped model or a model YAML; a hub id or checkpoint directory that a
+    shipped model YAML names as its `path` (`meta-llama/Llama-2-7b-hf` is `llama-2-7b`); else any hub id or checkpoint
+    directory whose config's `model_type` has templates in `configs/model_types.yaml`, named `hub--<org>--<name>` or
+    `local--<folder>` (so no shipped model's per-method file applies to it)."""
     extra = {"dtype": dtype} if dtype else {}
     if name_or_path in C.group_names("model") or name_or_path.endswith((".yaml", ".yml")):
         return C.model_config(name_or_path, **extra)
+    if shipped := _shipped_with_path(name_or_path):
+        return C.model_config(shipped, **extra)
     try:
         config = AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:
         raise ModelError(f"{name_or_path!r} is neither a shipped model ({', '.join(C.group_names('model'))}) nor a "
                          f"checkpoint directory or hub id that can be read here: {str(err).splitlines()[0]}") from None
-    return _spec(config, name_or_path, source="hub", path=str(name_or_path), **extra)
+    local = Path(name_or_path).expanduser().is_dir()
+    name = f"local--{Path(name_or_path).name}" if local else "hub--" + name_or_path.replace("/", "--")
+    return _spec(config, name, source="hub", path=str(name_or_path), **extra)
+
+
+def resolve_spec(model, model_config: str | ModelConfig | None = None, templates: bool = True) -> ModelConfig:
+    """The model config to edit or score `model` with: `model_config` (a ModelConfig, a shipped name or a model
+    YAML) when given, else `spec_from_model`."""
+    if isinstance(model_config, ModelConfig):
+        return model_config
+    return spec_of(model_config) if model_config else spec_from_model(model, templates)
 
 
 def spec_from_model(model, templates: bool = True) -> ModelConfig:
-    """The config of a model object: the one `load_model` attached, else one read from its transformers config
-    (`templates=False`: a placeholder for models whose `model_type` has no templates, enough to score them)."""
+    """The config of a model object: the one `load_model` attached; else the shipped model whose `path` is the
+    object's `name_or_path`; else one read from its transformers config, whose `path` (the statistics cache key,
+    `identity`) carries a fingerprint of the weights in memory. `templates=False`: a placeholder for a `model_type`
+    without templates, enough to score the model."""
     attached = getattr(model, "editharm_model", None)
     if attached is not None:
         return attached
     where = getattr(model, "name_or_path", "") or ""
     dtype = next((k for k, v in DTYPES.items() if v == model.dtype), "float32")
-    path = where or f"in-memory:{fingerprint(model)}"  # the statistics cache is keyed on it (`identity`)
-    return _spec(model.config, where, source="hub", path=path, dtype=dtype, required=templates)
+    if shipped := _shipped_with_path(where):
+        return C.model_config(shipped, dtype=dtype)
+    name = f"memory--{Path(where).name}" if where else f"memory--{model.config.model_type}"
+    return _spec(model.config, name, required=templates, source="hub", dtype=dtype,
+                 path=f"{where or 'in-memory'}#weights={fingerprint(model)}")
+
+
+def _shipped_with_path(path: str) -> str | None:
+    if not path:
+        return None
+    for name in C.group_names("model"):
+        if C.model_config(name).path == path:
+            return name
+    return None
 
 
 @torch.no_grad()
@@ -93,14 +121,13 @@ def fingerprint(model) -> str:
     return h.hexdigest()[:16]
 
 
-def _spec(config, where: str, required: bool = True, **fields) -> ModelConfig:
+def _spec(config, name: str, required: bool = True, **fields) -> ModelConfig:
     table = C.model_types()
     kind = getattr(config, "model_type", None)
     if kind not in table and required:
         raise ConfigError(f"no module templates for model_type {kind!r}; known: {', '.join(sorted(table))}. Add them "
                           "to configs/model_types.yaml, or pass a model YAML (model_config=path.yaml)")
     names = table.get(kind) or {k: "" for k in Templates.__dataclass_fields__}
-    name = Path(where).name if where else f"{kind}-in-memory"
     return ModelConfig(name=name, n_layers=int(config.num_hidden_layers), templates=Templates(**names), **fields)
 
 

@@ -325,20 +325,25 @@ class EditModule(L.LightningModule):
                 ev.reset()
         metrics["time/eval_s"] = time.perf_counter() - self._eval_t0
         self.history.append((step, metrics))
-        if self._pending:
-            restore_(self.model, self._pending)
-            self._pending = {}
+        self.undo_pending()
         return metrics, due
 
     def evaluate(self) -> tuple[dict[str, float], dict[str, list[dict]]]:
-        """One evaluation without a Trainer (the Python API): every evaluator over its dataloader, then `measure`.
-        The validation loop of a run does the same through Lightning's hooks."""
+        """One evaluation without a Trainer (the Python API): every evaluator over its dataloader, batches on the
+        model's device, then `measure`. The validation loop of a run does the same through Lightning's hooks."""
+        device = next(self.model.parameters()).device
+        self.model.eval()
         self.on_validation_epoch_start()
         with torch.no_grad():
             for i, ev in enumerate(self.evaluators):
                 for batch in ev.dataloader():
-                    self.validation_step(batch, 0, i)
+                    self.validation_step(self.transfer_batch_to_device(batch, device, i), 0, i)
         return self.measure()
+
+    def undo_pending(self) -> None:
+        """Put back the weights of an edit applied with `keep=False` (single mode), bit for bit."""
+        restore_(self.model, self._pending)
+        self._pending = {}
 
     def _log(self, metrics: dict[str, float]) -> None:
         self._unlogged.append((self.n_edits, metrics))

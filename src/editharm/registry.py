@@ -1,15 +1,20 @@
 """The one registry: names to edit methods, guards, task parsers, task metrics and document processors.
 
-Each table is filled by a decorator where the thing is defined, when its package is imported; `import
-editharm` imports the built-in ones (`editharm.methods`, `editharm.guards`, `editharm.tasks`), so a name is
-valid exactly when a module registers it. This module imports none of them: the registry sits below
-everything it lists.
+Each table is filled by a decorator where the thing is defined, when its package is imported. The packages
+are plugins: entry points of the group `editharm.plugins` (pyproject.toml), imported at the first lookup; this
+package's own is `editharm.builtins` (methods, guards, tasks), and another installed package may add its methods
+the same way. So a name is valid exactly when a module registers it, and this module imports none of them: the
+registry sits below everything it lists.
 """
 from __future__ import annotations
 
+from functools import cache
+from importlib.metadata import entry_points
 from typing import Callable
 
 from editharm.errors import ConfigError
+
+PLUGINS = "editharm.plugins"
 
 METHODS: dict[str, type] = {}
 GUARDS: dict[str, Callable] = {}
@@ -64,11 +69,24 @@ def register_processor(name: str) -> Callable:
     return _register(PROCESSORS, name)
 
 
+@cache
+def load_plugins() -> tuple[str, ...]:
+    """Import every `editharm.plugins` entry point (once); returns their names."""
+    found = entry_points(group=PLUGINS)
+    if not found:
+        raise ConfigError(f"no {PLUGINS} entry point is installed, so no method or task is registered: install the "
+                          "package (`pip install -e .`), whose pyproject.toml declares `builtin = editharm.builtins`")
+    for ep in found:
+        ep.load()
+    return tuple(ep.name for ep in found)
+
+
 def method(name: str) -> type:
     return lookup(METHODS, name, "method")
 
 
 def method_names() -> list[str]:
+    load_plugins()
     return sorted(METHODS)
 
 
@@ -78,6 +96,7 @@ def guard(name: str) -> Callable:
 
 def lookup(table: dict, name: str, kind: str):
     """`table[name]`, or a `ConfigError` listing the registered names."""
+    load_plugins()
     if name not in table:
         raise ConfigError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(table))}")
     return table[name]

@@ -90,7 +90,7 @@ def edit(argv: list[str], parent=None, run_name: str | None = None, tags: dict[s
     import lightning as L
 
     from editharm import data, evaluation, resume, stopping, tracking
-    from editharm.editor import build
+    from editharm.building import build
     from editharm.evaluators import EditEvaluator
 
     resumed, argv = _resume_arg(argv)
@@ -203,7 +203,8 @@ def evaluate(argv: list[str]) -> str:
 def statistics(argv: list[str]) -> str:
     """Precompute the key statistics the configured method (`method.mom2_*`) and guard (`guard.mom2_*`) use
     into the cache, in one run."""
-    from editharm import config, data, limits, models, registry, stats, tracking
+    from editharm import config, data, limits, models, stats, tracking
+    from editharm.building import build
 
     _quiet_lightning()
     tree = config.compose(argv)
@@ -212,7 +213,7 @@ def statistics(argv: list[str]) -> str:
     with tracking.start(cfg, f"stats-{cfg.method.name}-{cfg.model.name}") as logger:
         _log_run(logger, cfg, tree, [], kind="stats", method=cfg.method.name)
         model, tok = _model(cfg)
-        module = registry.method(cfg.method.name)(cfg, model, tok, [], 0)
+        module = build(cfg, model, tok, [], 0, logger)
         wanted = [(module.statistics_modules(), cfg.method), (module.guard_statistics_modules(), cfg.guard)]
         if not any(names for names, _ in wanted):
             raise EditharmError(f"method {cfg.method.name} with guard {cfg.guard.name} uses no key statistics")

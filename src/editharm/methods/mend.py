@@ -21,9 +21,9 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.func import functional_call
 
+from editharm import models
 from editharm.config import choice
 from editharm.deltas import Deltas
-from editharm import models
 from editharm.errors import ConfigError
 from editharm.methods import mend_store
 from editharm.methods._shared import frozen

@@ -169,7 +169,7 @@ def fit(cfg, model: nn.Module, tok, train_rows, val_rows, logger=None) -> tuple[
         module = MENDTraining(cfg, model, tok, net)
         best = ModelCheckpoint(dirpath=tmp, monitor=f"val/{t.monitor}", mode=MONITORS[t.monitor], save_top_k=1)
         loaders = _loader(train_rows, t.batch_size, True, t.seed), _loader(val_rows, t.batch_size, False, t.seed)
-        trainer = _trainer(cfg, logger, best, len(loaders[0]))
+        trainer = _trainer(cfg, logger or False, best, len(loaders[0]))  # None would mean TensorBoard
         trainer.validate(module, loaders[1], verbose=False)  # step 0: the untrained editor
         t0 = time.perf_counter()
         trainer.fit(module, *loaders)

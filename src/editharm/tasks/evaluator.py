@@ -6,6 +6,7 @@ every later one adds `<score>_delta`, the paired difference from it. `constants`
 """
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 
 import torch
@@ -117,6 +118,12 @@ class TaskEvaluator(Evaluator):
 
     def load_baseline(self, state: dict) -> None:
         self.load_resume_state(state)
+
+    def data_key(self) -> str:
+        """The task, its protocol and version, and the examples scored (their indices)."""
+        spec = self.task.spec
+        indices = ",".join(str(i) for i in sorted(it.index for it in self.task.items))
+        return f"{spec.name}:{spec.protocol}:v{spec.version}:{hashlib.sha256(indices.encode()).hexdigest()[:16]}"
 
 
 def _gather(rows: list[dict]) -> list[dict]:
