@@ -135,18 +135,10 @@ def test_bad_input_is_one_clear_error(env):
 
 
 def test_any_model_object_is_read_through_its_model_type(env):
-    """A model built in memory (not by `load_model`) is edited through `configs/model_types.yaml`; every model type
-    there names modules its architecture has."""
+    """A model built in memory (not by `load_model`) is edited through `configs/model_types.yaml` (every family there
+    through the CLI: tests/test_architectures.py), with a weight fingerprint in its cache key."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from editharm.nethook import get_module
-
-    for kind, templates in config.model_types().items():
-        cfg = AutoConfig.for_model(kind, vocab_size=257, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, n_embd=32, n_layer=2, n_head=4)
-        model = AutoModelForCausalLM.from_config(cfg)
-        for name in templates.values():
-            get_module(model, name.format(1))  # raises when the architecture has no such module
     tok = editharm.load_model("tiny-llama")[1]
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(
         "qwen2", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -154,6 +146,7 @@ def test_any_model_object_is_read_through_its_model_type(env):
     editor = editharm.Editor(model, tok, method="rome", layer=0, **_as_python(VALUE))
     (step,) = editor.edit({"prompt": "The capital of Kenya is", "subject": "Kenya", "target_new": " Paris"})
     assert list(step.deltas) == ["model.layers.0.mlp.down_proj.weight"]
+    assert editor.cfg.model.name == "memory--qwen2" and "#weights=" in editor.cfg.model.path
 
 
 def test_evaluate_equals_the_cli_and_pairs_with_a_baseline(env):

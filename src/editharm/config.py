@@ -183,16 +183,63 @@ def group_names(group: str) -> list[str]:
     return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
 
 
-def model_config(name: str, **overrides: Any) -> ModelConfig:
-    """The typed config of a shipped model (`configs/model/<name>.yaml`) or of a model YAML file, with `overrides`
-    (e.g. `dtype="bfloat16"`) on top."""
-    node = OmegaConf.merge(OmegaConf.structured(ModelConfig), _group_file("model", name), overrides)
-    return OmegaConf.to_object(node)
+def model_config(name: str | dict, **overrides: Any) -> ModelConfig:
+    """The typed config of a shipped model (`configs/model/<name>.yaml`), a model YAML file or a model node (a dict,
+    `hf_model`'s), with `overrides` (e.g. `dtype="bfloat16"`) on top."""
+    node = name if isinstance(name, dict) else _group_file("model", name)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), node, overrides))
 
 
 def model_types() -> dict[str, dict[str, str]]:
     """`configs/model_types.yaml`: module-name templates by transformers `model_type`."""
     return OmegaConf.to_container(OmegaConf.load(config_dir() / "model_types.yaml"), resolve=True)
+
+
+def architecture_node(hf_config, name: str, required: bool = True, **fields: Any) -> dict:
+    """A model group node for a transformers config: its `model_type`'s templates (`configs/model_types.yaml`) and
+    depth, with `fields` (source, path, dtype, ...). A family not in the table is a `ConfigError` naming the file
+    (`required=False`: empty templates, enough to score a model)."""
+    table = model_types()
+    kind = getattr(hf_config, "model_type", None)
+    if kind not in table and required:
+        raise ConfigError(f"model_type {kind!r} has no module templates; known: {', '.join(sorted(table))}. Add its "
+                          f"layer, mlp_in, mlp_gate, mlp_out, ln_f, lm_head and embed module names to "
+                          f"{config_dir() / 'model_types.yaml'} (or give a model YAML)")
+    templates = table.get(kind) or {k: "" for k in Templates.__dataclass_fields__}
+    return {"name": name, "n_layers": int(hf_config.num_hidden_layers), "templates": dict(templates), **fields}
+
+
+def hf_model(where: str) -> dict:
+    """The model node of `model=hf:<hub id or checkpoint folder>`: read from the checkpoint's config (the local
+    Hugging Face cache when offline), dtype as the checkpoint stores it, named `hub--<org>--<name>` or
+    `local--<folder>` so that no shipped model's per-method file applies."""
+    from transformers import AutoConfig
+
+    try:
+        hf_config = AutoConfig.from_pretrained(where)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model=hf:{where}: cannot read its config ({str(err).splitlines()[0]}); give a hub id in the "
+                          "local Hugging Face cache or a checkpoint folder") from None
+    stored = str(getattr(hf_config, "dtype", None) or "float32").removeprefix("torch.")
+    local = Path(where).expanduser().is_dir()
+    name = f"local--{Path(where).name}" if local else "hub--" + where.replace("/", "--")
+    return architecture_node(hf_config, name, source="hub", path=where, dtype=stored if stored in DTYPES else "float32")
+
+
+def layer_defaults(method: str, n_layers: int) -> dict:
+    """`configs/layer_rules.yaml` applied to a depth: the method's default layer keys for a model without a
+    per-model file (`model=hf:`)."""
+    rules = OmegaConf.to_container(OmegaConf.load(config_dir() / "layer_rules.yaml")).get(method, {})
+    out = {}
+    for key, rule in rules.items():
+        if isinstance(rule, dict):
+            picked = list(range(max(0, n_layers - rule["last"]), n_layers))
+        elif isinstance(rule, list):
+            picked = list(range(int(rule[0] * n_layers), int(rule[1] * n_layers) + 1))
+        else:
+            picked = [int(rule * n_layers)]
+        out[key] = picked[0] if key == "layer" else picked
+    return out
 
 
 def split_args(argv: list[str]) -> list[str]:
@@ -233,12 +280,17 @@ def compose(argv: list[str] | tuple[str, ...] = (), model: dict | None = None,
     dotted = [a for a in args if a.split("=", 1)[0] not in GROUPS]
     raw = OmegaConf.load(config_dir() / "run.yaml")
     raw = OmegaConf.to_container(raw)
+    hf = str(picks.get("model", "")).startswith("hf:")
     for group in GROUPS:
-        raw[group] = dict(model) if group == "model" and model is not None else \
-            _group_file(group, str(picks.get(group, raw[group])))
+        if group == "model" and (model is not None or hf):
+            raw[group] = dict(model) if model is not None else hf_model(picks["model"][3:])
+        else:
+            raw[group] = _group_file(group, str(picks.get(group, raw[group])))
     per_model = config_dir() / "method" / raw["method"]["name"] / f"{raw['model']['name']}.yaml"
     if per_model.exists():  # merged deeply: a per-model `train:` block overrides single keys
         raw["method"] = OmegaConf.to_container(OmegaConf.merge(raw["method"], OmegaConf.load(per_model)))
+    elif hf:  # no per-model file: the method's layers by the depth rule
+        raw["method"].update(layer_defaults(raw["method"]["name"], raw["model"]["n_layers"]))
     schema = OmegaConf.structured(RunConfig)
     schema.method = OmegaConf.structured(_method_config(raw["method"].get("name")))
     schema.guard = OmegaConf.structured(_guard_config(raw["guard"].get("name")))

@@ -20,8 +20,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from editharm import config as C
-from editharm.config import ModelConfig, Templates
-from editharm.errors import ConfigError, ModelError
+from editharm.config import ModelConfig
+from editharm.errors import ModelError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BYTE_EOS = "<|endoftext|>"
@@ -56,22 +56,14 @@ def load_model(name_or_path: str, dtype: str | None = None, cache_dir: str | Non
 
 def spec_of(name_or_path: str, dtype: str | None = None) -> ModelConfig:
     """The model config `name_or_path` means: a shipped model or a model YAML; a hub id or checkpoint directory that a
-    shipped model YAML names as its `path` (`meta-llama/Llama-2-7b-hf` is `llama-2-7b`); else any hub id or checkpoint
-    directory whose config's `model_type` has templates in `configs/model_types.yaml`, named `hub--<org>--<name>` or
-    `local--<folder>` (so no shipped model's per-method file applies to it)."""
+    shipped model YAML names as its `path` (`meta-llama/Llama-2-7b-hf` is `llama-2-7b`); else any hub id or
+    checkpoint directory read as `model=hf:<it>` is (`config.hf_model`)."""
     extra = {"dtype": dtype} if dtype else {}
     if name_or_path in C.group_names("model") or name_or_path.endswith((".yaml", ".yml")):
         return C.model_config(name_or_path, **extra)
     if shipped := _shipped_with_path(name_or_path):
         return C.model_config(shipped, **extra)
-    try:
-        config = AutoConfig.from_pretrained(name_or_path)
-    except (OSError, ValueError) as err:
-        raise ModelError(f"{name_or_path!r} is neither a shipped model ({', '.join(C.group_names('model'))}) nor a "
-                         f"checkpoint directory or hub id that can be read here: {str(err).splitlines()[0]}") from None
-    local = Path(name_or_path).expanduser().is_dir()
-    name = f"local--{Path(name_or_path).name}" if local else "hub--" + name_or_path.replace("/", "--")
-    return _spec(config, name, source="hub", path=str(name_or_path), **extra)
+    return C.model_config(C.hf_model(name_or_path.removeprefix("hf:")), **extra)
 
 
 def resolve_spec(model, model_config: str | ModelConfig | None = None, templates: bool = True) -> ModelConfig:
@@ -95,8 +87,8 @@ def spec_from_model(model, templates: bool = True) -> ModelConfig:
     if shipped := _shipped_with_path(where):
         return C.model_config(shipped, dtype=dtype)
     name = f"memory--{Path(where).name}" if where else f"memory--{model.config.model_type}"
-    return _spec(model.config, name, required=templates, source="hub", dtype=dtype,
-                 path=f"{where or 'in-memory'}#weights={fingerprint(model)}")
+    return C.model_config(C.architecture_node(model.config, name, required=templates, source="hub", dtype=dtype,
+                                              path=f"{where or 'in-memory'}#weights={fingerprint(model)}"))
 
 
 def _shipped_with_path(path: str) -> str | None:
@@ -119,16 +111,6 @@ def fingerprint(model) -> str:
         h.update(f"{name}{tuple(p.shape)}".encode())
         h.update(sample.numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def _spec(config, name: str, required: bool = True, **fields) -> ModelConfig:
-    table = C.model_types()
-    kind = getattr(config, "model_type", None)
-    if kind not in table and required:
-        raise ConfigError(f"no module templates for model_type {kind!r}; known: {', '.join(sorted(table))}. Add them "
-                          "to configs/model_types.yaml, or pass a model YAML (model_config=path.yaml)")
-    names = table.get(kind) or {k: "" for k in Templates.__dataclass_fields__}
-    return ModelConfig(name=name, n_layers=int(config.num_hidden_layers), templates=Templates(**names), **fields)
 
 
 def identity(cfg: ModelConfig) -> str:

@@ -83,6 +83,9 @@ class KNConfig:
     def check(m, run) -> None:
         choice("method.neuron", m.neuron, NEURONS)
         choice("method.variant", m.variant, VARIANTS)
+        if m.neuron == "pre" and not run.model.templates.mlp_gate:
+            raise ConfigError(f"method.neuron=pre attributes the MLP gate's outputs, and model '{run.model.name}' has no "
+                              "separate gate projection (its gate and input weights are fused); use method.neuron=post")
         if m.steps < 1:
             raise ConfigError(f"method.steps is the number of integrated-gradient steps and must be >= 1, got {m.steps}")
         for key in ("adaptive_threshold", "p"):

@@ -124,9 +124,11 @@ class MENDConfig:
         choice("method.train.monitor", m.train.monitor, tuple(MONITORS))
         if not m.layers or not m.modules:
             raise ConfigError("method.layers and method.modules name MEND's inner weights and must not be empty")
-        kinds = [k for k in run.model.templates.keys() if k not in ("layer", "ln_f", "embed", "lm_head")]
+        t = run.model.templates
+        kinds = [k for k in t.keys() if k not in ("layer", "ln_f", "embed", "lm_head") and t[k]]  # "": a fused weight
         if bad := [k for k in m.modules if k not in kinds]:
-            raise ConfigError(f"method.modules {bad} are not weight templates of the model; valid: {', '.join(kinds)}")
+            raise ConfigError(f"method.modules {bad} are not weight templates of model '{run.model.name}'; valid: "
+                              f"{', '.join(kinds)}")
         for key, low in (("rank", 1), ("n_hidden", 0), ("train.batch_size", 1), ("train.accumulate", 1), ("train.n_val", 1),
                          ("train.val_every", 1), ("train.log_every", 1), ("train.max_iters", 1), ("train.patience", 1)):
             value = OmegaConf.select(m, key)
