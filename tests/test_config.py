@@ -103,3 +103,16 @@ def test_flatten_and_yaml_roundtrip():
     flat = config.flatten(tree)
     assert flat["edits.n"] == tree.edits.n and flat["model.templates.mlp_out"].endswith("down_proj")
     assert "mlp_out" in config.to_yaml(tree)
+
+
+def test_a_users_folder_adds_and_replaces_single_files(tmp_path, monkeypatch):
+    """$EDITHARM_CONFIG_PATH holds only the user's files: they come first, the shipped ones fill the rest."""
+    mine = tmp_path / "mine"
+    (mine / "method" / "ft").mkdir(parents=True)
+    (mine / "method" / "ft" / "tiny-gpt2.yaml").write_text("layers: [1]\nlr: 0.25\n")
+    (mine / "model_types.yaml").write_text("bloom:\n  layer: transformer.h.{}\n")
+    monkeypatch.setenv("EDITHARM_CONFIG_PATH", str(mine))
+    assert config.load(["model=tiny-gpt2", "method=ft"]).method.lr == 0.25  # the user's per-model file
+    assert config.load(["model=tiny-llama", "method=ft"]).method.lr != 0.25  # shipped files still there
+    assert {"bloom", "llama", "gpt2"} <= set(config.model_types())  # tables merge, the user's entries win
+    assert "tiny-llama" in config.group_names("model")

@@ -19,6 +19,9 @@ RUN_COMMANDS = ("edit", "evaluate", "stats", "train-mend", "experiment")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="editharm", description=__doc__.splitlines()[0])
+    parser.add_argument("--config-dir", action="append", default=[], metavar="DIR",
+                        help="a folder of your own config files, looked up before the shipped ones (repeatable; "
+                             "also $EDITHARM_CONFIG_PATH)")
     sub = parser.add_subparsers(dest="command", required=True)
     p_edit = sub.add_parser("edit", help="apply edits and measure them in one MLflow run")
     p_edit.add_argument("overrides", nargs="*", help="group=name or dotted.key=value, e.g. method=ft edits.n=4")
@@ -39,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     p_ckpt.add_argument("--out", required=True, help="directory to write the checkpoint to")
     p_ckpt.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     args = parser.parse_args(argv)
+    if args.config_dir:
+        import os
+
+        os.environ["EDITHARM_CONFIG_PATH"] = os.pathsep.join(
+            [*args.config_dir, *filter(None, [os.environ.get("EDITHARM_CONFIG_PATH")])])
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     from editharm import runs
 

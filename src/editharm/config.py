@@ -172,15 +172,46 @@ class RunConfig:
 
 
 def config_dir() -> Path:
-    """The `configs/` folder: $EDITHARM_CONFIG_DIR, else the repository's (src layout), else ./configs."""
+    """The package's own `configs/` (inside the installed package; in a checkout, the repository's top-level
+    `configs/`, which `src/editharm/configs` links to), or $EDITHARM_CONFIG_DIR, which replaces it whole."""
     if env := os.environ.get("EDITHARM_CONFIG_DIR"):
         return Path(env)
-    repo = Path(__file__).resolve().parents[2] / "configs"
-    return repo if repo.is_dir() else Path.cwd() / "configs"
+    return Path(__file__).resolve().parent / "configs"
+
+
+def search_path() -> list[Path]:
+    """Where config files are looked up, first match first: the folders of $EDITHARM_CONFIG_PATH (`os.pathsep`
+    separated; `editharm --config-dir DIR` prepends DIR), then `config_dir()`. A user's folder holds only the files
+    it adds or replaces (`model/my-model.yaml`, `method/rome/my-model.yaml`, `task/gu2024/my-task.yaml`, ...)."""
+    extra = [Path(p).expanduser() for p in os.environ.get("EDITHARM_CONFIG_PATH", "").split(os.pathsep) if p]
+    return [*extra, config_dir()]
+
+
+def find(rel: str) -> Path:
+    """The first file `rel` (e.g. `model/tiny-llama.yaml`) on the search path, else where the package would hold it
+    (a path that does not exist, for the caller's error)."""
+    for root in search_path():
+        if (root / rel).is_file():
+            return root / rel
+    return config_dir() / rel
+
+
+def names(folder: str) -> list[str]:
+    """The YAML names in `folder` (e.g. `model`, `task/gu2024`) over the whole search path."""
+    return sorted({p.stem for root in search_path() for p in (root / folder).glob("*.yaml")})
 
 
 def group_names(group: str) -> list[str]:
-    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+    return names(group)
+
+
+def _merged_table(rel: str) -> dict:
+    """A YAML table merged over the search path, the first folder's entries winning."""
+    out: dict = {}
+    for root in reversed(search_path()):
+        if (root / rel).is_file():
+            out.update(OmegaConf.to_container(OmegaConf.load(root / rel), resolve=True) or {})
+    return out
 
 
 def model_config(name: str | dict, **overrides: Any) -> ModelConfig:
@@ -191,8 +222,8 @@ def model_config(name: str | dict, **overrides: Any) -> ModelConfig:
 
 
 def model_types() -> dict[str, dict[str, str]]:
-    """`configs/model_types.yaml`: module-name templates by transformers `model_type`."""
-    return OmegaConf.to_container(OmegaConf.load(config_dir() / "model_types.yaml"), resolve=True)
+    """`model_types.yaml`: module-name templates by transformers `model_type` (a user's folder may add families)."""
+    return _merged_table("model_types.yaml")
 
 
 def architecture_node(hf_config, name: str, required: bool = True, **fields: Any) -> dict:
@@ -204,7 +235,7 @@ def architecture_node(hf_config, name: str, required: bool = True, **fields: Any
     if kind not in table and required:
         raise ConfigError(f"model_type {kind!r} has no module templates; known: {', '.join(sorted(table))}. Add its "
                           f"layer, mlp_in, mlp_gate, mlp_out, ln_f, lm_head and embed module names to "
-                          f"{config_dir() / 'model_types.yaml'} (or give a model YAML)")
+                          f"model_types.yaml in a folder of $EDITHARM_CONFIG_PATH (or give a model YAML)")
     templates = table.get(kind) or {k: "" for k in Templates.__dataclass_fields__}
     return {"name": name, "n_layers": int(hf_config.num_hidden_layers), "templates": dict(templates), **fields}
 
@@ -229,7 +260,7 @@ def hf_model(where: str) -> dict:
 def layer_defaults(method: str, n_layers: int) -> dict:
     """`configs/layer_rules.yaml` applied to a depth: the method's default layer keys for a model without a
     per-model file (`model=hf:`)."""
-    rules = OmegaConf.to_container(OmegaConf.load(config_dir() / "layer_rules.yaml")).get(method, {})
+    rules = _merged_table("layer_rules.yaml").get(method, {})
     out = {}
     for key, rule in rules.items():
         if isinstance(rule, dict):
@@ -278,7 +309,7 @@ def compose(argv: list[str] | tuple[str, ...] = (), model: dict | None = None,
     args = split_args(list(argv))
     picks = {k: v for k, v in (a.split("=", 1) for a in args) if k in GROUPS}
     dotted = [a for a in args if a.split("=", 1)[0] not in GROUPS]
-    raw = OmegaConf.load(config_dir() / "run.yaml")
+    raw = OmegaConf.load(find("run.yaml"))
     raw = OmegaConf.to_container(raw)
     hf = str(picks.get("model", "")).startswith("hf:")
     for group in GROUPS:
@@ -286,7 +317,7 @@ def compose(argv: list[str] | tuple[str, ...] = (), model: dict | None = None,
             raw[group] = dict(model) if model is not None else hf_model(picks["model"][3:])
         else:
             raw[group] = _group_file(group, str(picks.get(group, raw[group])))
-    per_model = config_dir() / "method" / raw["method"]["name"] / f"{raw['model']['name']}.yaml"
+    per_model = find(f"method/{raw['method']['name']}/{raw['model']['name']}.yaml")
     if per_model.exists():  # merged deeply: a per-model `train:` block overrides single keys
         raw["method"] = OmegaConf.to_container(OmegaConf.merge(raw["method"], OmegaConf.load(per_model)))
     elif hf:  # no per-model file: the method's layers by the depth rule
@@ -413,7 +444,7 @@ def choice(key: str, value: str, valid: tuple[str, ...]) -> None:
 
 
 def _group_file(group: str, name: str) -> dict:
-    path = Path(name) if name.endswith((".yaml", ".yml")) else config_dir() / group / f"{name}.yaml"
+    path = Path(name) if name.endswith((".yaml", ".yml")) else find(f"{group}/{name}.yaml")
     if not path.is_file():
         hint = " (or a path to a model YAML; set model.path to use a local checkpoint)" if group == "model" else ""
         raise ConfigError(f"unknown {group} {name!r}; valid: {', '.join(group_names(group))}{hint}")

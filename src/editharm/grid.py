@@ -61,7 +61,7 @@ def experiment_names() -> list[str]:
 
 
 def config_dir_file(name: str) -> Path:
-    return C.config_dir() / "experiment" / f"{name}.yaml"
+    return C.find(f"experiment/{name}.yaml")
 
 
 def load(name: str) -> ExperimentSpec:

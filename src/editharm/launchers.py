@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 PREFIX = "experiment."
 LAUNCHERS = ("local", "ray")
 RAY_MISSING = "experiment.launcher=ray needs Ray, an optional extra: pip install 'editharm[ray]'"
-FORWARDED_ENV = ("EDITHARM_DATA_DIR", "EDITHARM_CACHE_DIR", "EDITHARM_CONFIG_DIR", "HF_HOME", "HF_HUB_OFFLINE",
+FORWARDED_ENV = ("EDITHARM_DATA_DIR", "EDITHARM_CACHE_DIR", "EDITHARM_CONFIG_DIR", "EDITHARM_CONFIG_PATH", "HF_HOME", "HF_HUB_OFFLINE",
                  "HF_DATASETS_OFFLINE", "TOKENIZERS_PARALLELISM")
 """What a worker needs of the driver's environment (a Ray cluster's workers do not inherit it), beside
 MLFLOW_TRACKING_URI, which is always the parent's."""

@@ -12,7 +12,7 @@ from typing import Any, Optional
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from editharm.config import config_dir
+from editharm.config import find, names
 from editharm.errors import ConfigError
 
 PROTOCOLS = ("gu2024", "harness")
@@ -97,11 +97,11 @@ class TaskSpec:
 
 
 def task_path(name: str, protocol: str) -> Path:
-    return config_dir() / "task" / protocol / f"{name}.yaml"
+    return find(f"task/{protocol}/{name}.yaml")
 
 
 def task_names(protocol: str) -> list[str]:
-    return sorted(p.stem for p in (config_dir() / "task" / protocol).glob("*.yaml"))
+    return names(f"task/{protocol}")
 
 
 def load_spec(name: str, protocol: str) -> TaskSpec:
