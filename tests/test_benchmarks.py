@@ -38,3 +38,13 @@ def test_agreement_benchmark_finds_the_float32_paths_equal(shared_data):
     pairs = {tuple(part.strip() for part in line.rsplit(" ", 1)[0].split(" vs ")): float(line.split()[-1])
              for line in text.splitlines() if " vs " in line}
     assert len(pairs) == 10 and pairs[("previous/32 f32", "current f32")] == 1.0
+
+
+@pytest.mark.slow
+def test_scale_benchmark_runs_every_phase_at_tiny_shape(shared_data, tmp_path):
+    out = tmp_path / "scale.json"
+    _run("scale.py", "--shape", "tiny", "--memit-batch", "4", "--limit", "2", "--json", str(out), data=shared_data)
+    figures = json.loads(out.read_text())
+    assert [r["phase"] for r in figures["rows"]] == ["build", "rome_setup_statistics", "rome_edit", "memit_batch",
+                                                     "kn_edit", "mend_edit", "evaluate"]
+    assert all(r["seconds"] > 0 and r["host_peak_gib"] > 0 for r in figures["rows"]) and figures["params"] > 0

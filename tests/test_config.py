@@ -116,3 +116,10 @@ def test_a_users_folder_adds_and_replaces_single_files(tmp_path, monkeypatch):
     assert config.load(["model=tiny-llama", "method=ft"]).method.lr != 0.25  # shipped files still there
     assert {"bloom", "llama", "gpt2"} <= set(config.model_types())  # tables merge, the user's entries win
     assert "tiny-llama" in config.group_names("model")
+
+
+def test_device_key_maps_to_lightning():
+    assert config.accelerator("cuda:1") == ("gpu", [1]) and config.accelerator("cuda") == ("gpu", 1)
+    assert config.accelerator("cpu") == ("cpu", 1) and config.accelerator("auto") == ("auto", 1)
+    with pytest.raises(ConfigError, match="device='tpu' is not valid; choose one of: auto, cpu, cuda, cuda:N"):
+        config.load(["device=tpu"])

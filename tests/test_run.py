@@ -123,3 +123,18 @@ def test_embedded_model_edit_run(env):
     assert run.info.status == "FINISHED"
     assert [s for s, _ in _history(run_id, "edit/zsre/efficacy_token_acc")] == [0, 2]
     assert 1.0 < run.data.metrics["probe/perplexity"] < 1000.0
+
+
+def test_memory_estimate_by_hand(env):
+    """tiny-llama under ROME with key statistics: float32 weights, a bfloat16 scoring copy, the value step's
+    bfloat16 copy, and E[k kᵀ] of layer 0's down_proj (input width 128): 4 · 128² bytes."""
+    from editharm import config, memory, models
+    from editharm.building import build
+
+    cfg = config.load(["model=tiny-llama", "method=rome", "method.mom2_adjustment=true", "method.v_autocast=bfloat16"])
+    model, tok = models.load(cfg.model, models.cache_root())
+    n = sum(p.numel() for p in model.parameters())
+    held = memory.estimate(cfg, model, build(cfg, model, tok, [], 0))
+    assert held == {"weights": 4 * n, "scoring_copy": 2 * n, "value_step_copy": 2 * n, "key_statistics": 4 * 128 ** 2}
+    assert memory.describe(held, "cpu").endswith(f"at least {(8 * n + 4 * 128 ** 2) / 1e6:.1f} MB before activations")
+    assert memory.size(int(27e9)) == "27.00 GB"  # Llama-2-7B in float32

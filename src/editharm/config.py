@@ -165,7 +165,7 @@ class RunConfig:
     cache_dir: Optional[str] = None
     """Converted models and statistics; default $EDITHARM_CACHE_DIR, else ~/.cache/editharm."""
     device: str = "auto"
-    """Lightning accelerator: `auto`, `cpu` or `gpu`."""
+    """Where a run computes: `auto` (a GPU if there is one), `cpu`, `cuda` (`gpu`) or `cuda:N` (GPU N)."""
     checkpoint: Optional[str] = None
     """`evaluate`: a local checkpoint directory or `runs:/<run_id>` (the run's edited checkpoint) to score
     instead of the model's own weights; the model config still supplies templates and the name."""
@@ -366,9 +366,18 @@ def flatten(cfg: RunConfig | DictConfig) -> dict[str, Any]:
     return out
 
 
+def accelerator(device: str) -> tuple[str, int | list[int]]:
+    """Lightning's `(accelerator, devices)` for the `device` key: `cuda:N` is GPU N, `cuda` the first GPU."""
+    if match := re.fullmatch(r"cuda:(\d+)", device):
+        return "gpu", [int(match.group(1))]
+    return {"cuda": "gpu"}.get(device, device), 1
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks across keys that types alone cannot express."""
     e = cfg.edits
+    if cfg.device not in ("auto", "cpu", "gpu", "cuda") and not re.fullmatch(r"cuda:\d+", cfg.device):
+        raise ConfigError(f"device={cfg.device!r} is not valid; choose one of: auto, cpu, cuda, cuda:N (GPU N), gpu")
     choice("edits.mode", e.mode, MODES)
     choice("model.source", cfg.model.source, MODEL_SOURCES)
     choice("model.dtype", cfg.model.dtype, DTYPES)

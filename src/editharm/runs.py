@@ -44,7 +44,10 @@ def _log_run(logger, cfg, tree, tasks, **tags) -> None:
 def _trainer(cfg, logger, every: int = 1):
     import lightning as L
 
-    return L.Trainer(accelerator=cfg.device, devices=1, logger=logger, max_epochs=1, val_check_interval=every,
+    from editharm.config import accelerator
+
+    kind, devices = accelerator(cfg.device)
+    return L.Trainer(accelerator=kind, devices=devices, logger=logger, max_epochs=1, val_check_interval=every,
                      num_sanity_val_steps=0, enable_checkpointing=False, enable_model_summary=False,
                      inference_mode=False, use_distributed_sampler=False, log_every_n_steps=1)
 
@@ -117,6 +120,7 @@ def edit(argv: list[str], parent=None, run_name: str | None = None, tags: dict[s
         evaluators = [EditEvaluator(requests, _metric_name(dataset), success, e.eval_batch_size),
                       *evaluation.ability_evaluators(cfg, tok, tasks, probe)]
         module = build(cfg, model, tok, evaluators, len(requests), logger)  # MEND: its network resolved first
+        _memory(cfg, model, module, logger)
         module.check_requests(requests)
         if state is not None:
             module.load_resume_state(state)
@@ -149,6 +153,16 @@ def edit(argv: list[str], parent=None, run_name: str | None = None, tags: dict[s
                                           "the first evaluation ended)")})
             raise
         return logger.run_id
+
+
+def _memory(cfg, model, module, logger) -> None:
+    """What the run will hold, printed and logged (params `memory.<item>_gb`) before compute."""
+    from editharm import memory
+
+    held = memory.estimate(cfg, model, module)
+    print(memory.describe(held, f"device={cfg.device}"))
+    if logger is not None:
+        logger.log_hyperparams({f"memory.{k}_gb": round(v / memory.GB, 3) for k, v in held.items()})
 
 
 def _resume_arg(argv: list[str]) -> tuple[str | None, list[str]]:

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 
 from editharm import models
+from editharm.config import accelerator
 from editharm.methods._shared import frozen
 from editharm.methods.mend import MONITORS, L_edit, factors_of, inner_modules, mend_deltas, new_spec, patched
 from editharm.methods.mend_net import MENDNet
@@ -147,8 +148,9 @@ def _restored_rng():
 def _trainer(cfg, logger, best: ModelCheckpoint, n_batches: int) -> L.Trainer:
     t = cfg.method.train
     steps = math.ceil(t.max_iters / t.accumulate)  # optimizer steps; max_iters counts edits, as EasyEdit's
+    kind, devices = accelerator(cfg.device)
     return L.Trainer(
-        accelerator=cfg.device, devices=1, logger=logger, max_steps=steps,
+        accelerator=kind, devices=devices, logger=logger, max_steps=steps,
         max_epochs=math.ceil(t.max_iters / n_batches),  # max_steps decides; the progress bar shows the epochs
         max_time=timedelta(minutes=t.max_minutes) if t.max_minutes else None,
         accumulate_grad_batches=t.accumulate, gradient_clip_val=t.clip, val_check_interval=t.val_every,
