@@ -64,13 +64,14 @@ class Meter:
 
     def __init__(self, device: str):
         self.cuda = device.startswith("cuda")
+        self.device = torch.device(device)
         self.rows: list[dict] = []
 
     @contextmanager
     def phase(self, name: str, **extra):
         if self.cuda:
             torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
         yield
         if self.cuda:
@@ -78,7 +79,7 @@ class Meter:
         row = {"phase": name, "seconds": round(time.perf_counter() - t0, 3),
                "host_peak_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3), **extra}
         if self.cuda:
-            row["gpu_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+            row["gpu_peak_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3)
         self.rows.append(row)
         print(json.dumps(row), flush=True)
 

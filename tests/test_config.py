@@ -121,5 +121,5 @@ def test_a_users_folder_adds_and_replaces_single_files(tmp_path, monkeypatch):
 def test_device_key_maps_to_lightning():
     assert config.accelerator("cuda:1") == ("gpu", [1]) and config.accelerator("cuda") == ("gpu", 1)
     assert config.accelerator("cpu") == ("cpu", 1) and config.accelerator("auto") == ("auto", 1)
-    with pytest.raises(ConfigError, match="device='tpu' is not valid; choose one of: auto, cpu, cuda, cuda:N"):
+    with pytest.raises(ConfigError, match="device='tpu' is not valid; choose one of: auto, cpu, cuda, cuda:N, gpu, mps"):
         config.load(["device=tpu"])

@@ -127,7 +127,8 @@ def test_embedded_model_edit_run(env):
 
 def test_memory_estimate_by_hand(env):
     """tiny-llama under ROME with key statistics: float32 weights, a bfloat16 scoring copy, the value step's
-    bfloat16 copy, and E[k kᵀ] of layer 0's down_proj (input width 128): 4 · 128² bytes."""
+    bfloat16 copy, E[k kᵀ] of layer 0's down_proj (input width 128): 4 · 128² bytes, and Σ ΔW of that 64 × 128
+    weight; under AlphaEdit (layer 0) and the null-space guard, 3 and 2 such matrices."""
     from editharm import config, memory, models
     from editharm.building import build
 
@@ -135,6 +136,10 @@ def test_memory_estimate_by_hand(env):
     model, tok = models.load(cfg.model, models.cache_root())
     n = sum(p.numel() for p in model.parameters())
     held = memory.estimate(cfg, model, build(cfg, model, tok, [], 0))
-    assert held == {"weights": 4 * n, "scoring_copy": 2 * n, "value_step_copy": 2 * n, "key_statistics": 4 * 128 ** 2}
-    assert memory.describe(held, "cpu").endswith(f"at least {(8 * n + 4 * 128 ** 2) / 1e6:.1f} MB before activations")
+    assert held == {"weights": 4 * n, "scoring_copy": 2 * n, "value_step_copy": 2 * n, "key_statistics": 4 * 128 ** 2,
+                    "cumulative_delta": 4 * 64 * 128}
+    assert memory.describe(held, "cpu").endswith(f"at least {sum(held.values()) / 1e6:.1f} MB before activations")
+    for overrides, matrices in ((["method=memit", "method.nullspace=true"], 3), (["method=rome", "guard=nullspace"], 2)):
+        cfg = config.load(["model=tiny-llama", *overrides])
+        assert memory.estimate(cfg, model, build(cfg, model, tok, [], 0))["key_statistics"] == matrices * 4 * 128 ** 2
     assert memory.size(int(27e9)) == "27.00 GB"  # Llama-2-7B in float32

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -13,12 +14,32 @@ BASE = ["edits.n=2", "edits.eval_every=2", "tasks.names=[]", "probe.perplexity=f
         "tracking.log_model=false"]
 
 
+def _tracked(*paths: str) -> list[str]:
+    return subprocess.run(["git", "ls-files", *paths], cwd=REPO, capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
 @pytest.mark.slow
 def test_the_wheel_runs_outside_the_checkout(env, tmp_path):
-    dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(dist)], check=True, cwd=tmp_path)
+    source = tmp_path / "source"  # the tracked files alone: no stale build/ of the checkout can leak into the wheel
+    subprocess.run(["git", "worktree", "add", "--detach", "-q", str(source)], cwd=REPO, check=True)
+    try:
+        subprocess.run(["git", "checkout", "-q", "--detach"], cwd=source, check=True)
+        for rel in _tracked():  # the working tree's tracked files, committed or not
+            target = source / rel
+            if (REPO / rel).is_file() and not (REPO / rel).is_symlink():
+                target.write_bytes((REPO / rel).read_bytes())
+        dist = tmp_path / "dist"
+        subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q",
+                        "-w", str(dist)], check=True, cwd=tmp_path)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(source)], cwd=REPO, check=False)
     (wheel,) = dist.glob("editharm-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        shipped = set(z.namelist())
+    wanted = {f"editharm/configs/{rel.removeprefix('configs/')}" for rel in _tracked("configs")}
+    wanted |= {rel.removeprefix("src/") for rel in _tracked("src/editharm") if not rel.endswith("/configs")}
+    assert wanted <= shipped, sorted(wanted - shipped)[:10]  # every config, module, report table and network
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     site = Path(subprocess.run([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],

@@ -42,11 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     p_ckpt.add_argument("--out", required=True, help="directory to write the checkpoint to")
     p_ckpt.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     args = parser.parse_args(argv)
-    if args.config_dir:
-        import os
+    import os
 
-        os.environ["EDITHARM_CONFIG_PATH"] = os.pathsep.join(
-            [*args.config_dir, *filter(None, [os.environ.get("EDITHARM_CONFIG_PATH")])])
+    folders = [*args.config_dir, *filter(None, os.environ.get("EDITHARM_CONFIG_PATH", "").split(os.pathsep))]
+    if folders:  # absolute, as workers in other folders (Ray, spawned processes) read it too
+        os.environ["EDITHARM_CONFIG_PATH"] = os.pathsep.join(os.path.abspath(os.path.expanduser(f)) for f in folders)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     from editharm import runs
 

@@ -241,35 +241,46 @@ def architecture_node(hf_config, name: str, required: bool = True, **fields: Any
 
 
 def hf_model(where: str) -> dict:
-    """The model node of `model=hf:<hub id or checkpoint folder>`: read from the checkpoint's config (the local
-    Hugging Face cache when offline), dtype as the checkpoint stores it, named `hub--<org>--<name>` or
-    `local--<folder>` so that no shipped model's per-method file applies."""
+    """The model node of `model=hf:<hub id[@revision] or checkpoint folder>`: the shipped model whose `path` it is
+    (`hf:meta-llama/Llama-2-7b-hf` is `llama-2-7b`); else read from the checkpoint's config (the local Hugging Face
+    cache when offline) with its dtype as stored, named `hub--<org>--<name>` or `local--<folder>` (a folder by its
+    absolute path, which is also its cache identity)."""
     from transformers import AutoConfig
 
+    where, _, revision = where.partition("@") if not Path(where).expanduser().exists() else (where, "", "")
+    for name in group_names("model"):
+        node = _group_file("model", name)
+        if node.get("path") == where and (node.get("revision") or "") == revision:
+            return node
+    folder = Path(where).expanduser()
+    if folder.is_dir():
+        where = str(folder.resolve())
     try:
-        hf_config = AutoConfig.from_pretrained(where)
+        hf_config = AutoConfig.from_pretrained(where, **({"revision": revision} if revision else {}))
     except (OSError, ValueError) as err:
         raise ConfigError(f"model=hf:{where}: cannot read its config ({str(err).splitlines()[0]}); give a hub id in the "
-                          "local Hugging Face cache or a checkpoint folder") from None
+                          "local Hugging Face cache (hf:org/name or hf:org/name@revision) or a checkpoint folder") from None
     stored = str(getattr(hf_config, "dtype", None) or "float32").removeprefix("torch.")
-    local = Path(where).expanduser().is_dir()
-    name = f"local--{Path(where).name}" if local else "hub--" + where.replace("/", "--")
-    return architecture_node(hf_config, name, source="hub", path=where, dtype=stored if stored in DTYPES else "float32")
+    name = f"local--{folder.resolve().name}" if folder.is_dir() else "hub--" + where.replace("/", "--")
+    return architecture_node(hf_config, name, source="hub", path=where, revision=revision or None,
+                             dtype=stored if stored in DTYPES else "float32")
 
 
 def layer_defaults(method: str, n_layers: int) -> dict:
-    """`configs/layer_rules.yaml` applied to a depth: the method's default layer keys for a model without a
-    per-model file (`model=hf:`)."""
+    """`layer_rules.yaml` applied to a depth: the method's default layer keys for a model that is not shipped
+    (`model=hf:`, a model object in the Python API), under any per-model file of its own. Layers are clipped to
+    the model's and never repeated."""
     rules = _merged_table("layer_rules.yaml").get(method, {})
     out = {}
     for key, rule in rules.items():
         if isinstance(rule, dict):
-            picked = list(range(max(0, n_layers - rule["last"]), n_layers))
+            picked = range(n_layers - max(1, int(rule["last"])), n_layers)
         elif isinstance(rule, list):
-            picked = list(range(int(rule[0] * n_layers), int(rule[1] * n_layers) + 1))
+            picked = range(int(rule[0] * n_layers), int(rule[1] * n_layers) + 1)
         else:
             picked = [int(rule * n_layers)]
-        out[key] = picked[0] if key == "layer" else picked
+        layers = sorted({min(max(layer, 0), n_layers - 1) for layer in picked})
+        out[key] = layers[0] if key == "layer" else layers
     return out
 
 
@@ -317,11 +328,12 @@ def compose(argv: list[str] | tuple[str, ...] = (), model: dict | None = None,
             raw[group] = dict(model) if model is not None else hf_model(picks["model"][3:])
         else:
             raw[group] = _group_file(group, str(picks.get(group, raw[group])))
+    if raw["model"]["name"] not in group_names("model") and not str(picks.get("model", "")).endswith((".yaml", ".yml")):
+        # not a shipped model (hf:, a model object): the method's layers by the depth rule, under its own file
+        raw["method"].update(layer_defaults(raw["method"]["name"], raw["model"]["n_layers"]))
     per_model = find(f"method/{raw['method']['name']}/{raw['model']['name']}.yaml")
     if per_model.exists():  # merged deeply: a per-model `train:` block overrides single keys
         raw["method"] = OmegaConf.to_container(OmegaConf.merge(raw["method"], OmegaConf.load(per_model)))
-    elif hf:  # no per-model file: the method's layers by the depth rule
-        raw["method"].update(layer_defaults(raw["method"]["name"], raw["model"]["n_layers"]))
     schema = OmegaConf.structured(RunConfig)
     schema.method = OmegaConf.structured(_method_config(raw["method"].get("name")))
     schema.guard = OmegaConf.structured(_guard_config(raw["guard"].get("name")))
@@ -373,11 +385,14 @@ def accelerator(device: str) -> tuple[str, int | list[int]]:
     return {"cuda": "gpu"}.get(device, device), 1
 
 
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "gpu", "mps")
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks across keys that types alone cannot express."""
     e = cfg.edits
-    if cfg.device not in ("auto", "cpu", "gpu", "cuda") and not re.fullmatch(r"cuda:\d+", cfg.device):
-        raise ConfigError(f"device={cfg.device!r} is not valid; choose one of: auto, cpu, cuda, cuda:N (GPU N), gpu")
+    if cfg.device not in DEVICES and not re.fullmatch(r"cuda:\d+", cfg.device):
+        raise ConfigError(f"device={cfg.device!r} is not valid; choose one of: {', '.join(DEVICES)} (cuda:N: GPU N)")
     choice("edits.mode", e.mode, MODES)
     choice("model.source", cfg.model.source, MODEL_SOURCES)
     choice("model.dtype", cfg.model.dtype, DTYPES)

@@ -9,8 +9,8 @@
 A run (`editharm edit`, `mlflow run .`, a grid cell) builds the same module (`building.build`) and lets a Lightning
 Trainer call its `training_step`, which is `EditModule.edit_step`; the Editor calls `edit_step` itself. Hyper-
 parameters are composed as the CLI composes them: the method's YAML, its per-model file, then the keywords.
-Nothing here opens an MLflow run: MEND's `hypernetwork="auto"` looks only at the networks shipped with the
-package (give `runs:/<id>/mend` or a folder otherwise).
+Nothing here opens an MLflow run unless `track=` asks for one; untracked, MEND's `hypernetwork="auto"` looks
+only at the networks shipped with the package (give `runs:/<id>/mend` or a folder otherwise).
 """
 from __future__ import annotations
 

@@ -4,10 +4,10 @@ evaluators a run's validation loop uses, driven without a Trainer (`EditModule.e
     before = evaluate(model, tok, tasks=["rte", "sst2"], limit=50)
     ...edit the model...
     after = evaluate(model, tok, tasks=["rte", "sst2"], limit=50, baseline=before)
-    after.scores["rte"]["acc_delta"], after.scores["rte"]["acc_delta_ci_low"]   # paired, per example
+    after.scores["rte"]["accuracy_delta"], after.scores["rte"]["accuracy_delta_ci_low"]   # paired, per example
     after.to_pandas()
 
-Nothing here opens an MLflow run or imports mlflow.
+Nothing here opens an MLflow run or imports mlflow unless `track=` asks for a run (`api_runs`).
 """
 from __future__ import annotations
 

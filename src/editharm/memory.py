@@ -31,7 +31,10 @@ def input_dim(model: nn.Module, name: str) -> int:
 def estimate(cfg, model: nn.Module, module) -> dict[str, int]:
     """Bytes a run will hold besides activations: the weights; the copy the tasks are scored in (`tasks.dtype`
     other than the model's); the bfloat16 copy the value step optimises through (`v_autocast`); the key statistics
-    E[k kᵀ] (float32, input width squared) of every module the method and guard read."""
+    E[k kᵀ] (float32, input width squared) of every module the method and guard read, three such matrices per
+    module for AlphaEdit (C, its projector P, the edited keys' Σ k kᵀ) and two for the null-space guard (C, P);
+    the float32 Σ ΔW of the edited weights that a run keeps (not in single mode). Not counted: activations, KV
+    caches, a value step's or FT's optimiser state, MEND's network."""
     out = {"weights": nbytes(model)}
     scoring = getattr(torch, cfg.tasks.dtype)
     if cfg.tasks.names and scoring != model.dtype:
@@ -40,9 +43,15 @@ def estimate(cfg, model: nn.Module, module) -> dict[str, int]:
     if autocast and getattr(torch, autocast) != model.dtype:
         out["value_step_copy"] = nbytes(model, getattr(torch, autocast))
     uses_stats = getattr(cfg.method, "mom2_adjustment", hasattr(cfg.method, "mom2_dataset"))
-    modules = set(module.statistics_modules() if uses_stats else []) | set(module.guard_statistics_modules())
-    if modules:
-        out["key_statistics"] = sum(4 * input_dim(model, m) ** 2 for m in modules)
+    matrices: dict[str, int] = {}
+    for m in module.statistics_modules() if uses_stats else []:
+        matrices[m] = 3 if getattr(cfg.method, "nullspace", False) else 1
+    for m in module.guard_statistics_modules():
+        matrices[m] = matrices.get(m, 0) + 2
+    if matrices:
+        out["key_statistics"] = sum(k * 4 * input_dim(model, m) ** 2 for m, k in matrices.items())
+    if cfg.edits.mode != "single" and module.edited_modules():
+        out["cumulative_delta"] = sum(4 * get_module(model, m).weight.numel() for m in set(module.edited_modules()))
     return out
 
 

@@ -76,8 +76,10 @@ def resolve_spec(model, model_config: str | ModelConfig | None = None, templates
 
 def spec_from_model(model, templates: bool = True) -> ModelConfig:
     """The config of a model object: the one `load_model` attached; else the shipped model whose `path` is the
-    object's `name_or_path`; else one read from its transformers config, whose `path` (the statistics cache key,
-    `identity`) carries a fingerprint of the weights in memory. `templates=False`: a placeholder for a `model_type`
+    object's `name_or_path` (its statistics cache is the shipped model's: a fine-tuned copy must say
+    `model_config=` or come from `load_model` of its own folder); else one read from its transformers config, named
+    as `model=hf:` names it, whose `path` (the statistics cache key, `identity`) carries a fingerprint of the
+    weights in memory. `templates=False`: a placeholder for a `model_type`
     without templates, enough to score the model."""
     attached = getattr(model, "editharm_model", None)
     if attached is not None:
@@ -86,7 +88,9 @@ def spec_from_model(model, templates: bool = True) -> ModelConfig:
     dtype = next((k for k, v in DTYPES.items() if v == model.dtype), "float32")
     if shipped := _shipped_with_path(where):
         return C.model_config(shipped, dtype=dtype)
-    name = f"memory--{Path(where).name}" if where else f"memory--{model.config.model_type}"
+    folder = Path(where).expanduser()
+    name = (f"local--{folder.resolve().name}" if folder.is_dir() else "hub--" + where.replace("/", "--")) if where \
+        else f"memory--{model.config.model_type}"  # as `model=hf:<where>` names it: the same per-model files apply
     return C.model_config(C.architecture_node(model.config, name, required=templates, source="hub", dtype=dtype,
                                               path=f"{where or 'in-memory'}#weights={fingerprint(model)}"))
 

@@ -1,14 +1,16 @@
 """The one registry: names to edit methods, guards, task parsers, task metrics and document processors.
 
 Each table is filled by a decorator where the thing is defined, when its package is imported. The packages
-are plugins: entry points of the group `editharm.plugins` (pyproject.toml), imported at the first lookup; this
-package's own is `editharm.builtins` (methods, guards, tasks), and another installed package may add its methods
+are plugins, imported at the first lookup: this package's own, `editharm.builtins` (methods, guards, tasks), and
+every entry point of the group `editharm.plugins` (pyproject.toml), so another installed package may add its methods
 the same way. So a name is valid exactly when a module registers it, and this module imports none of them: the
 registry sits below everything it lists.
 """
 from __future__ import annotations
 
+import warnings
 from functools import cache
+from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Callable
 
@@ -69,16 +71,27 @@ def register_processor(name: str) -> Callable:
     return _register(PROCESSORS, name)
 
 
+BUILTIN = "editharm.builtins"
+"""This package's own plugin, loaded even where the package runs from a source tree without its metadata
+(`PYTHONPATH=src`, an environment `mlflow run` builds from conda.yaml)."""
+
+
 @cache
 def load_plugins() -> tuple[str, ...]:
-    """Import every `editharm.plugins` entry point (once); returns their names."""
-    found = entry_points(group=PLUGINS)
-    if not found:
-        raise ConfigError(f"no {PLUGINS} entry point is installed, so no method or task is registered: install the "
-                          "package (`pip install -e .`), whose pyproject.toml declares `builtin = editharm.builtins`")
-    for ep in found:
-        ep.load()
-    return tuple(ep.name for ep in found)
+    """Import this package's plugin and every `editharm.plugins` entry point, once; returns the modules loaded. A
+    plugin that fails to import is reported and skipped: it must not take the built-in methods down with it."""
+    modules = [BUILTIN, *sorted({ep.value for ep in entry_points(group=PLUGINS)} - {BUILTIN})]
+    loaded = []
+    for name in modules:
+        try:
+            import_module(name)
+            loaded.append(name)
+        except Exception as err:  # noqa: BLE001  (a third party's import error, of any kind)
+            if name == BUILTIN:
+                raise
+            warnings.warn(f"editharm: plugin {name} (entry point group {PLUGINS}) failed to import and is skipped: "
+                          f"{type(err).__name__}: {err}", stacklevel=2)
+    return tuple(loaded)
 
 
 def method(name: str) -> type:
