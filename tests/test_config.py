@@ -111,11 +111,14 @@ def test_a_users_folder_adds_and_replaces_single_files(tmp_path, monkeypatch):
     (mine / "method" / "ft").mkdir(parents=True)
     (mine / "method" / "ft" / "tiny-gpt2.yaml").write_text("layers: [1]\nlr: 0.25\n")
     (mine / "model_types.yaml").write_text("bloom:\n  layer: transformer.h.{}\n")
+    (mine / "model").mkdir()
+    (mine / "model" / "tiny-mine.yml").write_text((config.config_dir() / "model" / "tiny-llama.yaml").read_text())
     monkeypatch.setenv("EDITHARM_CONFIG_PATH", str(mine))
     assert config.load(["model=tiny-gpt2", "method=ft"]).method.lr == 0.25  # the user's per-model file
     assert config.load(["model=tiny-llama", "method=ft"]).method.lr != 0.25  # shipped files still there
     assert {"bloom", "llama", "gpt2"} <= set(config.model_types())  # tables merge, the user's entries win
-    assert "tiny-llama" in config.group_names("model")
+    assert {"tiny-llama", "tiny-mine"} <= set(config.group_names("model"))  # .yml counts too
+    assert config.load(["model=tiny-mine"]).model.name == "tiny-mine"
 
 
 def test_device_key_maps_to_lightning():

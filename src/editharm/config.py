@@ -188,17 +188,18 @@ def search_path() -> list[Path]:
 
 
 def find(rel: str) -> Path:
-    """The first file `rel` (e.g. `model/tiny-llama.yaml`) on the search path, else where the package would hold it
-    (a path that does not exist, for the caller's error)."""
+    """The first file `rel` (e.g. `model/tiny-llama.yaml`; `.yml` found too) on the search path, else where the
+    package would hold it (a path that does not exist, for the caller's error)."""
     for root in search_path():
-        if (root / rel).is_file():
-            return root / rel
+        for candidate in (root / rel, (root / rel).with_suffix(".yml")):
+            if candidate.is_file():
+                return candidate
     return config_dir() / rel
 
 
 def names(folder: str) -> list[str]:
     """The YAML names in `folder` (e.g. `model`, `task/gu2024`) over the whole search path."""
-    return sorted({p.stem for root in search_path() for p in (root / folder).glob("*.yaml")})
+    return sorted({p.stem for root in search_path() for ext in ("yaml", "yml") for p in (root / folder).glob(f"*.{ext}")})
 
 
 def group_names(group: str) -> list[str]:
@@ -328,8 +329,9 @@ def compose(argv: list[str] | tuple[str, ...] = (), model: dict | None = None,
             raw[group] = dict(model) if model is not None else hf_model(picks["model"][3:])
         else:
             raw[group] = _group_file(group, str(picks.get(group, raw[group])))
-    if raw["model"]["name"] not in group_names("model") and not str(picks.get("model", "")).endswith((".yaml", ".yml")):
-        # not a shipped model (hf:, a model object): the method's layers by the depth rule, under its own file
+    shipped = {p.stem for p in (config_dir() / "model").glob("*.yaml")}
+    if raw["model"]["name"] not in shipped:  # hf:, a model object, a user's model YAML: the method's layers by the
+        # depth rule, under any per-model file of its own
         raw["method"].update(layer_defaults(raw["method"]["name"], raw["model"]["n_layers"]))
     per_model = find(f"method/{raw['method']['name']}/{raw['model']['name']}.yaml")
     if per_model.exists():  # merged deeply: a per-model `train:` block overrides single keys
@@ -383,6 +385,15 @@ def accelerator(device: str) -> tuple[str, int | list[int]]:
     if match := re.fullmatch(r"cuda:(\d+)", device):
         return "gpu", [int(match.group(1))]
     return {"cuda": "gpu"}.get(device, device), 1
+
+
+def torch_device(device: str) -> str:
+    """The torch device the `device` key names (`auto`: the first GPU when there is one)."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return {"gpu": "cuda"}.get(device, device)
 
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "gpu", "mps")

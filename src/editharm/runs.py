@@ -227,6 +227,7 @@ def statistics(argv: list[str]) -> str:
     with tracking.start(cfg, f"stats-{cfg.method.name}-{cfg.model.name}") as logger:
         _log_run(logger, cfg, tree, [], kind="stats", method=cfg.method.name)
         model, tok = _model(cfg)
+        model.to(config.torch_device(cfg.device))  # no Trainer here: the statistics run where `device` says
         module = build(cfg, model, tok, [], 0, logger)
         wanted = [(module.statistics_modules(), cfg.method), (module.guard_statistics_modules(), cfg.guard)]
         if not any(names for names, _ in wanted):
