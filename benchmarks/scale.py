@@ -15,6 +15,7 @@ Needs the data folder ($EDITHARM_DATA_DIR) for the requests, the statistics corp
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import resource
 import tempfile
@@ -117,6 +118,8 @@ def main() -> None:
         with meter.phase("rome_edit"):
             rome.edit(requests[:1])
         rome.revert()
+        del rome  # each editor's statistics and copies go before the next phase
+        gc.collect()
     if "memit" not in skip:
         memit = editharm.Editor(model, tok, method="memit", cache_dir=cache, **config.layer_defaults("memit", depth),
                                 **VALUE_STEP, mom2_n_samples=args.texts)
@@ -124,11 +127,15 @@ def main() -> None:
         with meter.phase("memit_batch", requests=args.memit_batch):
             memit.edit(requests[:args.memit_batch], mode="batch")
         memit.revert()
+        del memit
+        gc.collect()
     if "kn" not in skip:
         kn = editharm.Editor(model, tok, method="kn", steps=2, layers=list(range(depth)))
         with meter.phase("kn_edit"):
             kn.edit(requests[:1])
         kn.revert()
+        del kn
+        gc.collect()
     if "mend" not in skip:
         with tempfile.TemporaryDirectory() as folder:
             hp = {"layers": list(range(max(0, depth - 3), depth)), "rank": 1920, "hypernetwork": folder}

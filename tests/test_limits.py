@@ -59,6 +59,10 @@ def test_task_prompts_truncate_where_the_task_says_and_fail_elsewhere(env, tiny)
     assert counts == {"samsum": 1}
     ids = tok(task.items[0].prompt)["input_ids"]
     assert len(ids) <= 512 - task.spec.generation.max_new_tokens and task.items[0].prompt.endswith("TL;DR:")
+    gold = "x" * (task.spec.generation.max_new_tokens + 100)  # a gold summary longer than the generation budget:
+    task.items[0] = type(task.items[0])(task.items[0].index, "hello " * 800 + "TL;DR:", gold)  # scored on the cache
+    limits.fit_tasks([task], tok, 512)  # too, so it needs room (GPT-2's learned positions end at the limit)
+    assert len(tok(task.items[0].prompt)["input_ids"]) <= 512 - len(tok(task.spec.target_delimiter + gold)["input_ids"])
     sst2 = load_task("sst2", "gu2024", env, None, 0)  # no truncation defined: an error naming the item
     sst2.items[1] = type(sst2.items[1])(sst2.items[1].index, "word " * 800, sst2.items[1].target, sst2.items[1].choices)
     with pytest.raises(DataError, match=r"task sst2, item 1: the prompt is \d+ tokens .* context length of 512"):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 from editharm.errors import DataError
+from editharm.tasks.likelihood import gold_text
 
 TEMPLATE_SLACK = 2
 """Tokens beyond a context template's generated length (its joining ". " and the space before the prompt)."""
@@ -53,8 +54,8 @@ def check_requests(requests: list, tok, limit: int | None, margin: int = 0) -> N
 
 
 def fit_tasks(tasks: list, tok, limit: int | None) -> dict[str, int]:
-    """Make every task item fit: prompt + its longest continuation (the generated tokens, or the longest choice)
-    within `limit`. Tasks with `truncate: left` keep the prompt's last tokens; others fail naming the item.
+    """Make every task item fit: prompt + its longest continuation (the longest choice; or the generated tokens or
+    the gold answer scored on the prompt's cache, whichever is longer) within `limit`. Tasks with `truncate: left` keep the prompt's last tokens; others fail naming the item.
     Returns the number of truncated items per task (tasks with none left out)."""
     counts: dict[str, int] = {}
     if limit is None:
@@ -63,8 +64,12 @@ def fit_tasks(tasks: list, tok, limit: int | None) -> dict[str, int]:
         spec, items = task.spec, []
         for it in task.items:
             ids = tok(it.prompt)["input_ids"]
-            room = limit - (max((len(tok(c, add_special_tokens=False)["input_ids"]) for c in it.choices), default=0)
-                            if spec.kind == "choice" else spec.generation.max_new_tokens)
+            if spec.kind == "choice":
+                after = max((len(tok(c, add_special_tokens=False)["input_ids"]) for c in it.choices), default=0)
+            else:
+                gold = spec.target_delimiter + gold_text(spec.gold, it.target)
+                after = max(spec.generation.max_new_tokens, len(tok(gold, add_special_tokens=False)["input_ids"]))
+            room = limit - after
             if len(ids) > room:
                 if spec.truncate != "left" or room < 1:
                     raise DataError(f"task {spec.name}, item {it.index}: the prompt is {len(ids)} tokens and needs "
