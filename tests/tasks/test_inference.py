@@ -94,3 +94,17 @@ def test_rows_that_end_early_leave_the_batch_and_the_rest_decode_as_before(tiny,
         assert texts == generate(model, t, prompts, max_new_tokens, stop=stops, batch_size=4)
         if max_new_tokens > 1:
             assert rows and max(rows) < 4  # ended rows left before the first decoding step
+
+
+def test_gold_padding_past_learned_positions_is_never_read():
+    """GPT-2's positions index a table: in one batch, a prompt filling the context but for its own short gold beside
+    a short prompt with a long gold once sent the first row's padding past the table (IndexError)."""
+    from editharm import config, models
+    from editharm.tasks.inference import generate_and_score
+
+    spec = config.model_config("tiny-gpt2", architecture={**config.model_config("tiny-gpt2").architecture,
+                                                          "n_positions": 64})
+    model, tok = models.tiny(spec)
+    texts, logps = generate_and_score(model.eval(), tok, ["a" * 60, "b"], [" c", " " + "d" * 40], max_new_tokens=2,
+                                      batch_size=2)
+    assert len(texts) == 2 and all(lp < 0 for lp in logps)

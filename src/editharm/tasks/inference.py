@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
+from editharm.limits import context_length
 from editharm.scoring import pad, pad_id
 
 
@@ -119,6 +120,8 @@ def _gold_logps(model, tok, cache, mask, pos, first: torch.Tensor, gold, device)
             feed[r, :len(g) - 1] = torch.tensor(g[:-1], dtype=torch.long)
         feed_mask = torch.cat([mask, torch.ones(len(gold), longest - 1, dtype=mask.dtype, device=device)], 1)
         feed_pos = pos[:, -1:] + 1 + torch.arange(longest - 1, device=device)
+        if (limit := context_length(model)) is not None:  # a row's padding past its own gold may run beyond the
+            feed_pos = feed_pos.clamp_max(limit - 1)      # model's positions (learned ones index a table): unread
         logits = model(input_ids=feed.to(device), attention_mask=feed_mask, position_ids=feed_pos,
                        past_key_values=cache, use_cache=True).logits
         for r, g in enumerate(gold):  # a row at a time: (rows × gold × vocab) float32 log-probs would be GBs
