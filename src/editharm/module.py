@@ -24,6 +24,7 @@ from editharm.data import EditRequest, data_dir
 from editharm.errors import EditharmError
 from editharm.evaluators import EditEvaluator, Evaluator
 from editharm.nethook import get_module, get_parameter, is_transposed
+from editharm.placement import input_device, is_spread, weight_device
 
 
 @torch.no_grad()
@@ -151,8 +152,7 @@ class EditModule(L.LightningModule):
 
     def apply_resumed(self) -> None:
         state, self._resumed = self._resumed, None
-        device = next(self.model.parameters()).device
-        self.cumulative = {n: d.to(device) for n, d in state["cumulative"].items()}
+        self.cumulative = {n: d.to(weight_device(self.model, n)) for n, d in state["cumulative"].items()}
         with torch.no_grad():  # the edited weights as they were, bit for bit (W + ΣΔ would round differently)
             for n, w in state["weights"].items():
                 get_parameter(self.model, n).copy_(w)
@@ -171,8 +171,7 @@ class EditModule(L.LightningModule):
             got, paths, counts = stats.cached_second_moments(
                 self.model, self.tokenizer, missing, corpus, sample, models.identity(self.cfg.model),
                 models.cache_root(self.cfg.cache_dir) / "stats", context=limits.context_length(self.model))
-            device = next(self.model.parameters()).device
-            self._stats.update({m: c.to(device) for m, c in got.items()})
+            self._stats.update({m: c.to(weight_device(self.model, m)) for m, c in got.items()})
             tracking.log_statistics(self.logger, paths, counts, {m: c.shape[0] for m, c in got.items()})
         return {m: self._stats[m] for m in modules}
 
@@ -279,8 +278,9 @@ class EditModule(L.LightningModule):
         self.evaluators[dataloader_idx].update(self, batch)
 
     def scoring_model(self, dtype: torch.dtype) -> nn.Module:
-        """The model in `dtype`: itself, or a copy holding the current weights (refreshed every evaluation)."""
-        if dtype == self.model.dtype:
+        """The model in `dtype`: itself, or a copy holding the current weights (refreshed every evaluation); a model
+        spread by `model.device_map` is scored in its own dtype."""
+        if dtype == self.model.dtype or is_spread(self.model):  # a spread model is never copied
             return self.model
         if dtype not in self._copies:
             self._copies[dtype] = copy.deepcopy(self.model).to(dtype).eval()
@@ -331,7 +331,7 @@ class EditModule(L.LightningModule):
     def evaluate(self) -> tuple[dict[str, float], dict[str, list[dict]]]:
         """One evaluation without a Trainer (the Python API): every evaluator over its dataloader, batches on the
         model's device, then `measure`. The validation loop of a run does the same through Lightning's hooks."""
-        device = next(self.model.parameters()).device
+        device = input_device(self.model)
         self.model.eval()
         self.on_validation_epoch_start()
         with torch.no_grad():

@@ -19,6 +19,10 @@ def _setup(argv: list[str], edits: bool, tree=None):
     _quiet_lightning()
     tree = config.compose(argv) if tree is None else tree
     cfg = config.to_object(tree)
+    if edits and cfg.devices > 1:
+        raise ConfigError(f"devices={cfg.devices}: an edit run is one process (the model changes as it goes); "
+                          "split the evaluation of its edited model: editharm evaluate checkpoint=runs:/<run_id> "
+                          f"devices={cfg.devices}")
     root = data.data_dir(cfg.data_dir)
     requests, success = data.load_requests(cfg.edits, root) if edits else ([], False)
     tasks, probe = evaluation.load_tasks(cfg)
@@ -41,13 +45,21 @@ def _log_run(logger, cfg, tree, tasks, **tags) -> None:
                                **{f"task.{t.spec.name}.version": t.spec.version for t in tasks}})
 
 
-def _trainer(cfg, logger, every: int = 1):
+def _trainer(cfg, logger, model, every: int = 1):
     import lightning as L
 
+    from editharm import placement
     from editharm.config import accelerator
 
     kind, devices = accelerator(cfg.device)
-    return L.Trainer(accelerator=kind, devices=devices, logger=logger, max_epochs=1, val_check_interval=every,
+    placed = {}
+    if cfg.devices > 1:  # spawned ranks: the run this process opened stays the one they log to
+        devices, placed = cfg.devices, {"strategy": "ddp_spawn"}
+    if placement.is_spread(model):  # accelerate placed it: Lightning must not move it
+        where = placement.strategy(model)
+        kind, devices, placed = ("gpu" if where.root_device.type == "cuda" else where.root_device.type), 1, \
+            {"strategy": where}
+    return L.Trainer(accelerator=kind, devices=devices, logger=logger, max_epochs=1, val_check_interval=every, **placed,
                      num_sanity_val_steps=0, enable_checkpointing=False, enable_model_summary=False,
                      inference_mode=False, use_distributed_sampler=False, log_every_n_steps=1)
 
@@ -62,6 +74,14 @@ def _fit(cfg, model, tok, logger, tasks, requests) -> None:
     for name, n in limits.fit_tasks(tasks, tok, limit).items():
         print(f"editharm: task {name}: {n} prompts longer than the model's {limit} positions keep their last tokens")
         tracking.set_tags(logger, {f"task.{name}.truncated": n})
+
+
+def _chat(cfg, tok, tasks, requests):
+    """Tasks and requests with their prompts in the model's chat template when `model.chat_template` says so."""
+    from editharm import chat
+
+    wrap = chat.wrapper(cfg.model, tok)
+    return chat.wrap_tasks(tasks, wrap), chat.wrap_requests(requests, wrap)
 
 
 def _model(cfg):
@@ -115,6 +135,7 @@ def edit(argv: list[str], parent=None, run_name: str | None = None, tags: dict[s
         else:
             resume.mark_resumed(logger, state)
         model, tok = _model(cfg)
+        tasks, requests = _chat(cfg, tok, tasks, requests)
         _fit(cfg, model, tok, logger, tasks, requests)
         dataset = Path(e.dataset).stem if e.dataset.endswith(".jsonl") else e.dataset
         evaluators = [EditEvaluator(requests, _metric_name(dataset), success, e.eval_batch_size),
@@ -126,7 +147,7 @@ def edit(argv: list[str], parent=None, run_name: str | None = None, tags: dict[s
             module.load_resume_state(state)
         start = module.n_edits
         dm = data.EditDataModule(requests[start:], e.batch_size, evaluators)
-        trainer = _trainer(cfg, logger, min(every, e.n - start or every) // e.batch_size)
+        trainer = _trainer(cfg, logger, model, min(every, e.n - start or every) // e.batch_size)
         try:
             if state is None:
                 trainer.validate(module, datamodule=dm, verbose=False)
@@ -207,17 +228,18 @@ def evaluate(argv: list[str]) -> str:
     with tracking.start(cfg, f"evaluate-{cfg.model.name}") as logger:
         _log_run(logger, cfg, tree, tasks, kind="evaluate", checkpoint=cfg.checkpoint or "none")
         model, tok = _model(cfg)
+        tasks, _ = _chat(cfg, tok, tasks, [])
         _fit(cfg, model, tok, logger, tasks, requests=[])
         evaluators = evaluation.ability_evaluators(cfg, tok, tasks, probe)
         module = EditModule(cfg, model, tok, evaluators, n_requests=0)
-        _trainer(cfg, logger).validate(module, datamodule=data.EditDataModule([], 1, evaluators), verbose=False)
+        _trainer(cfg, logger, model).validate(module, datamodule=data.EditDataModule([], 1, evaluators), verbose=False)
         return logger.run_id
 
 
 def statistics(argv: list[str]) -> str:
     """Precompute the key statistics the configured method (`method.mom2_*`) and guard (`guard.mom2_*`) use
     into the cache, in one run."""
-    from editharm import config, data, limits, models, stats, tracking
+    from editharm import config, data, limits, models, placement, stats, tracking
     from editharm.building import build
 
     _quiet_lightning()
@@ -227,7 +249,8 @@ def statistics(argv: list[str]) -> str:
     with tracking.start(cfg, f"stats-{cfg.method.name}-{cfg.model.name}") as logger:
         _log_run(logger, cfg, tree, [], kind="stats", method=cfg.method.name)
         model, tok = _model(cfg)
-        model.to(config.torch_device(cfg.device))  # no Trainer here: the statistics run where `device` says
+        if not placement.is_spread(model):  # no Trainer here: the statistics run where `device` says
+            model.to(config.torch_device(cfg.device))
         module = build(cfg, model, tok, [], 0, logger)
         wanted = [(module.statistics_modules(), cfg.method), (module.guard_statistics_modules(), cfg.guard)]
         if not any(names for names, _ in wanted):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from editharm.placement import input_device
 
 IGNORE = -100
 
@@ -89,7 +90,7 @@ def mean_example_nll(logp: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def score(model: nn.Module, tok, prompts: list[str], targets: list[str], batch_size: int = 16) -> list[TargetScore]:
     """Score each (prompt, target) pair; batching does not change the result."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     out: list[TargetScore] = []
     for start in range(0, len(prompts), batch_size):
         ids, mask, labels = encode_pairs(tok, prompts[start:start + batch_size], targets[start:start + batch_size], device)

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from editharm.batching import length_batches
 from editharm.errors import DataError
 from editharm.nethook import StopForward, get_module, run_until
+from editharm.placement import input_device
 
 # Statistics corpora in the data directory: never an evaluation split, and disjoint from the perplexity probe
 # (WikiText-2 validation). Each row is one text, as a row of the hub's `wikitext` is for the reference.
@@ -185,7 +186,7 @@ def second_moments(model: nn.Module, modules: list[str], samples: list[list[int]
                    pad_id: int = 0, early_exit: bool = True, progress: bool = True) -> dict[str, torch.Tensor]:
     """E[k kᵀ] of each module's input over every real token of `samples` (right-padded batches, padding masked),
     accumulated in float32."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     sums: dict[str, torch.Tensor] = {}
     seen: set[str] = set()
     mask = torch.ones(0, dtype=torch.bool)
@@ -193,7 +194,7 @@ def second_moments(model: nn.Module, modules: list[str], samples: list[list[int]
 
     def hook_for(name: str):
         def hook(_module, args):
-            x = args[0].detach()[mask].float()
+            x = args[0].detach()[mask.to(args[0].device)].float()  # summed where the layer runs
             sums[name] = sums[name] + x.T @ x if name in sums else x.T @ x
             seen.add(name)
             if early_exit and len(seen) == len(modules):

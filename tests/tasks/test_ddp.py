@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import CONLL, write_jsonl
 
 SCRIPT = Path(__file__).resolve().parents[1] / "ddp_eval.py"
@@ -43,3 +45,29 @@ def test_ddp_two_processes_equal_one(tmp_path):
     for key in one:  # likelihoods are float32 sums whose batches (padding) differ between the shardings
         tol = 1e-5 * max(1.0, abs(one[key])) if "/gold_" in key else 1e-9
         assert abs(one[key] - two[key]) < tol, (key, one[key], two[key])
+
+
+
+def test_editharm_evaluate_devices_2_logs_one_processs_numbers(tmp_path, tracking, monkeypatch):
+    """`editharm evaluate devices=2` (spawned ranks, gloo) logs to the run the command opened the metrics and the
+    per-example predictions of `devices=1`; an edit run refuses several devices before anything loads."""
+    from editharm.errors import ConfigError
+    from editharm.runs import edit, evaluate
+    from tests.conftest import client
+
+    monkeypatch.setenv("EDITHARM_DATA_DIR", str(_data(tmp_path / "data")))
+    keys = ["model=tiny-llama", "tasks.names=[sst2,samsum]", "tasks.dtype=float32", "probe.perplexity=false"]
+    runs = {n: client().get_run(evaluate([*keys, f"devices={n}"])) for n in (1, 2)}
+    assert len(client().search_runs([runs[1].info.experiment_id])) == 2  # the spawned ranks opened no run
+    one, two = runs[1].data.metrics, runs[2].data.metrics
+    assert runs[2].info.status == "FINISHED"
+    assert set(one) == set(two) and "ability/samsum/rouge_avg" in one
+    for key in one:
+        if not key.startswith("time/"):
+            assert abs(one[key] - two[key]) <= 1e-5 * max(1.0, abs(one[key])), key
+    rows = {n: [json.loads(line) for line in Path(client().download_artifacts(
+        runs[n].info.run_id, "predictions/samsum/edits_0.jsonl", str(tmp_path / str(n)))).read_text().splitlines()]
+        for n in (1, 2)}
+    assert [r["output"] for r in rows[1]] == [r["output"] for r in rows[2]] and len(rows[2]) == 3
+    with pytest.raises(ConfigError, match="an edit run is one process"):
+        edit([*keys, "devices=2"])

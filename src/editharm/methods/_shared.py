@@ -20,6 +20,7 @@ from transformers import DynamicCache
 
 from editharm.nethook import StopForward, get_module, run_until
 from editharm.scoring import pad
+from editharm.placement import input_device, is_spread
 
 TEMPLATE_SEEDS = ("The", "Therefore", "Because", "I", "You")
 
@@ -31,7 +32,7 @@ def context_templates(model: nn.Module, tok, length_params: list[list[int]], see
     reference's `generate_fast(max_out_len=length)` counts them, each followed by ". {}". Sampling uses its
     own seeded RNG state, so the global RNG is untouched."""
     templates = ["{}"]
-    device = next(model.parameters()).device
+    device = input_device(model)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for length, n in length_params:
@@ -69,15 +70,16 @@ def subject_last(tok, text: str, subject: str) -> int:
 def keys_at(model: nn.Module, tok, module: str, texts: list[str], positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """`(inputs, outputs)` of `module` at `positions[i]` of `texts[i]`, each (n, dim); the forward pass stops
     right after `module` has run."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     ids, mask = pad([tok(t)["input_ids"] for t in texts], tok, device)
     rows = torch.arange(len(texts), device=device)
     pos = torch.tensor(positions, device=device)
     got = {}
 
     def hook(_m, args, out):
-        got["in"] = args[0][rows, pos].float()
-        got["out"] = hidden(out)[rows, pos].float()
+        at = (rows.to(args[0].device), pos.to(args[0].device))  # where the layer runs (device_map)
+        got["in"] = args[0][at].float()
+        got["out"] = hidden(out)[at].float()
         raise StopForward
 
     handle = get_module(model, module).register_forward_hook(hook)
@@ -98,6 +100,8 @@ def lowered(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     passes that need gradients only with respect to activations. Against `torch.autocast` the weights are
     cast once instead of at every matrix product, and attention's backward pass is matrix products (CPU
     sdpa's backward took 27 % of a bf16 ROME edit); the float32 parameters are never duplicated."""
+    if is_spread(model):  # never copied: the passes run on its weights in their own dtype
+        return model
     memo = {id(p): nn.Parameter(p.detach().to(dtype), requires_grad=False) for p in model.parameters()}
     low = copy.deepcopy(model, memo)
     low.set_attn_implementation("eager")

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from editharm.methods._shared import kv_cache, prefix_kv, subject_last
 from editharm.scoring import continuation, pad
+from editharm.placement import input_device
 
 
 class Rows(NamedTuple):
@@ -48,7 +49,7 @@ class Batch:
     every row is all suffix (the whole row runs at every step, as the reference does)."""
 
     def __init__(self, model: nn.Module, tok, requests: list[Rows], cache_prefix: bool = True):
-        device = next(model.parameters()).device
+        device = input_device(model)
         rows = [(r, p) for q in requests for r, p in zip(q.rows, q.pos)]
         cut = [p if cache_prefix else 0 for _, p in rows]
         self.owner = torch.tensor([j for j, q in enumerate(requests) for _ in q.rows], device=device)

@@ -52,6 +52,7 @@ from editharm.module import EditModule
 from editharm.nethook import get_module, to_param_layout
 from editharm.registry import register_method
 from editharm.scoring import continuation, pad_id
+from editharm.placement import input_device
 
 NEURONS = ("pre", "post")
 VARIANTS = ("paper", "corrected")
@@ -155,7 +156,7 @@ def attribute(model: nn.Module, ids: list[int], target: int, sites: list[Site], 
     last position of `ids`. The tokens before it do not depend on the activation: they run once (a KV
     cache), and every scaled copy (site l, α_k) is one token through the model, `batch_size` per pass, each
     copy replacing the activation at its own site only."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     kv = prefix_kv(model, torch.tensor([ids[:-1]], device=device))
     last = torch.tensor([[ids[-1]]], device=device)
     position = torch.tensor([[len(ids) - 1]], device=device)
@@ -213,7 +214,7 @@ def _hook(model: nn.Module, site: Site, layer: int, fn):
 @torch.no_grad()
 def greedy(model: nn.Module, tok, ids: list[int], n: int) -> list[int]:
     """The model's n greedy next tokens after `ids` (ŷ)."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     out = model.generate(input_ids=torch.tensor([ids], device=device), attention_mask=torch.ones(1, len(ids), device=device,
                          dtype=torch.long), max_new_tokens=n, min_new_tokens=n, do_sample=False, top_p=None, top_k=None,
                          temperature=None, pad_token_id=pad_id(tok))
@@ -223,7 +224,7 @@ def greedy(model: nn.Module, tok, ids: list[int], n: int) -> list[int]:
 @torch.no_grad()
 def next_token(model: nn.Module, ids: list[int]) -> int:
     """The model's argmax next token after `ids`."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     return int(model(input_ids=torch.tensor([ids], device=device)).logits[0, -1].argmax())
 
 

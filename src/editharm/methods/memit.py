@@ -20,6 +20,7 @@ from editharm.methods.value import ValueStep, ValueTrace, target_values
 from editharm.module import EditModule
 from editharm.nethook import to_param_layout
 from editharm.registry import register_method
+from editharm.placement import weight_device
 
 
 @dataclass
@@ -127,8 +128,8 @@ class MEMIT(EditModule):
         if state["templates"] is not None:  # None: saved before the first edit computed them
             self._templates = list(state["templates"])
         if self.hp.nullspace and "edited" in state:
-            device = next(self.model.parameters()).device  # (a state at step n: on_fit_start never ran)
-            self._edited = {m: c.to(device) for m, c in state["edited"].items()}
+            # (a state at step n: on_fit_start never ran)
+            self._edited = {m: c.to(weight_device(self.model, m)) for m, c in state["edited"].items()}
 
     def edited_modules(self) -> list[str]:
         return self.statistics_modules()

@@ -32,6 +32,7 @@ from editharm.module import EditModule
 from editharm.nethook import get_module, get_parameter, is_transposed, linear_weight
 from editharm.registry import register_method
 from editharm.scoring import encode_pairs, logits_logprobs, mean_example_nll
+from editharm.placement import input_device
 
 EDIT_LOSS_ON = ("rephrase", "prompt")
 MONITORS = {"loss": "min", "edit_success": "max"}  # train.monitor -> ModelCheckpoint/EarlyStopping mode
@@ -195,7 +196,7 @@ def gradient_factors(model: nn.Module, tok, inner: dict[str, str], prompts: list
     target token).
 
     Leaves the model untouched: its own weights are replaced by detached copies for the one forward pass."""
-    ids, mask, labels = encode_pairs(tok, prompts, targets, next(model.parameters()).device)
+    ids, mask, labels = encode_pairs(tok, prompts, targets, input_device(model))
     return factors_of(model, inner, ids, mask, labels, reduction)[0]
 
 
@@ -284,7 +285,7 @@ class MEND(EditModule):
                               f"(e.g. {seen[0]!r}); edit held-out facts only")
 
     def compute_deltas(self, requests) -> Deltas:
-        self._net[0].to(next(self.model.parameters()).device)  # Lightning moves the model, not the network
+        self._net[0].to(input_device(self.model))  # Lightning moves the model, not the network
         factors = gradient_factors(self.model, self.tokenizer, self.inner, [r.prompt for r in requests],
                                    [r.target_new for r in requests], self.cfg.method.reduction)
         with torch.no_grad():

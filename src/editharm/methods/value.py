@@ -121,13 +121,15 @@ def _evaluate(model: nn.Module, module: str, rows: list[Rows], chunk: list[int],
 
     def hook(_m, _args, out):
         h = hidden(out)
+        # indices where this layer runs (a model spread by device_map may hold it on another device)
+        rows, at, owner = every.to(h.device), batch.at.to(h.device), batch.owner.to(h.device)
         for j, i in enumerate(chunk):
             if state.v0[i] is None:
-                state.v0[i] = h[batch.first[j], batch.at[batch.first[j]]].detach().float()
+                state.v0[i] = h[batch.first[j], at[batch.first[j]]].detach().float()
                 state.delta[i] = torch.zeros_like(state.v0[i], requires_grad=True)
         deltas = torch.stack([state.delta[i] for i in chunk])
         h = h.clone()
-        h[every, batch.at] = h[every, batch.at] + deltas[batch.owner].to(h.dtype)
+        h[rows, at] = h[rows, at] + deltas[owner].to(h.dtype)
         return (h, *out[1:]) if isinstance(out, tuple) else h
 
     handle = get_module(model, module).register_forward_hook(hook)

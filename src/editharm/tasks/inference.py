@@ -18,6 +18,7 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from editharm.limits import context_length
 from editharm.scoring import pad, pad_id
+from editharm.placement import input_device
 
 
 class StopOnStrings(StoppingCriteria):
@@ -41,7 +42,7 @@ def generate(model: nn.Module, tok, prompts: list[str], max_new_tokens: int, sto
              batch_size: int = 16) -> list[str]:
     """Greedy continuations of `prompts` (special tokens dropped, cut before the first stop string)."""
     stop = list(stop or [])
-    device = next(model.parameters()).device
+    device = input_device(model)
     encoded = [tok(p)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
@@ -78,7 +79,7 @@ def generate_and_score(model: nn.Module, tok, prompts: list[str], golds: list[st
     penalty and the like) are not applied, by either. A cache that cannot be cropped back after the gold
     (sliding-window layers) has the gold scored by `continuation_logprobs` instead."""
     stop = list(stop or [])
-    device = next(model.parameters()).device
+    device = input_device(model)
     ctx, gold = encode_continuations(tok, prompts, golds)
     eos = tok.eos_token_id if tok.eos_token_id is not None else model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos]) - {None}
@@ -164,7 +165,7 @@ def choice_logliks(model: nn.Module, tok, contexts: list[str], choices: list[lis
                    batch_size: int = 16) -> list[list[float]]:
     """Sum of log P(choice tokens | context) for every choice of every context (choices carry their own
     leading delimiter, e.g. " True")."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     ctx = [tok(c)["input_ids"] for c in contexts]
     cont = [[tok(c, add_special_tokens=False)["input_ids"] for c in cs] for cs in choices]
     order = sorted(range(len(contexts)), key=lambda i: -len(ctx[i]))
@@ -210,7 +211,7 @@ def continuation_logprobs(model: nn.Module, tok, contexts: list[str], continuati
                           batch_size: int = 16) -> list[float]:
     """Mean per-token log P(continuation tokens | context) of each pair, teacher-forced (continuations carry
     their own leading delimiter; context and continuation are tokenised apart, as in `choice_logliks`)."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     ctx, cont = encode_continuations(tok, contexts, continuations)
     out: list[float] = []
     for start in range(0, len(ctx), batch_size):
