@@ -1,6 +1,7 @@
 """The Python API (`import editharm`): in-memory edits equal what a run logs, bitwise reverts, evaluation equal to
 `editharm evaluate`, MLflow never imported, and the layering (no import circle; methods and tasks never log)."""
 import ast
+import json
 import dataclasses
 import subprocess
 import sys
@@ -149,9 +150,11 @@ def test_any_model_object_is_read_through_its_model_type(env):
     assert editor.cfg.model.name == "memory--qwen2" and "#weights=" in editor.cfg.model.path
 
 
-def test_evaluate_equals_the_cli_and_pairs_with_a_baseline(env):
+def test_evaluate_equals_the_cli_and_pairs_with_a_baseline(env, tmp_path):
     argv = ["model=tiny-llama", "tasks.names=[rte,sst2,nq_open]", "tasks.limit=6"]
-    logged = client().get_run(cli_evaluate(argv)).data.metrics
+    run_id = cli_evaluate(argv)
+    logged = json.loads(read_artifact(run_id, "evaluations/edits_0.json", tmp_path).read_text())  # every figure
+    assert client().get_run(run_id).data.metrics == {k: logged[k] for k in client().get_run(run_id).data.metrics}
     model, tok = editharm.load_model("tiny-llama")
     got = editharm.evaluate(model, tok, tasks=["rte", "sst2", "nq_open"], limit=6)
     ours = {k: v for k, v in got.metrics().items() if not k.startswith("time/")}
@@ -185,7 +188,7 @@ def test_runs_only_when_asked_for(env, tmp_path):
     got = editharm.evaluate(model, tok, tasks=["sst2"], limit=4, perplexity=False, track=True)
     run = client().get_run(got.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["kind"] == "evaluate"
-    assert run.data.metrics == pytest.approx(got.metrics())
+    assert run.data.metrics == pytest.approx(got.headline()) and len(got.headline()) < len(got.metrics())
     reqs = {"prompt": "The capital of Kenya is", "subject": "Kenya", "target_new": " Paris"}
     with editharm.Editor(model, tok, method="ft", layers=[0], track="api-ft") as editor:
         editor.edit([reqs, reqs])

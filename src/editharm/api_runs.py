@@ -40,7 +40,8 @@ def log_results(logger, results, step: int) -> None:
         params = {f"{results.prefixes[n]}/{k}": v for n, c in results.constants.items() for k, v in c.items()}
         if params:
             logger.log_hyperparams(params)
-    logger.log_metrics(results.metrics(), step=step)
+    tracking.log_evaluation(logger, step, results.metrics())
+    logger.log_metrics(results.headline(), step=step)
     for name, rows in results.rows.items():
         tracking.log_jsonl(logger, f"predictions/{name}/edits_{step}.jsonl", rows)
 

@@ -18,7 +18,7 @@ from editharm import config as C
 from editharm import chat as chats
 from editharm import data, limits, models
 from editharm.errors import ConfigError
-from editharm.evaluators import EditEvaluator, PerplexityEvaluator
+from editharm.evaluators import EditEvaluator, PerplexityEvaluator, headline
 from editharm.module import EditModule
 from editharm.tasks import load_task
 from editharm.tasks.evaluator import TaskEvaluator
@@ -39,12 +39,18 @@ class Results:
     data_keys: dict[str, str] = field(default_factory=dict, repr=False)
     """Per evaluator, what it scored (protocol, task version, example indices; the requests): a baseline must match."""
     prefixes: dict[str, str] = field(default_factory=dict, repr=False)
+    series: dict[str, tuple[str, ...] | None] = field(default_factory=dict, repr=False)
+    """Per evaluator, the scores a run plots as MLflow series (`Evaluator.series`; None: all)."""
     run_id: str | None = None
     """The MLflow run it was logged to (`track=`), or None."""
 
     def metrics(self) -> dict[str, float]:
         """Flat `<prefix>/<score>` names, as a run logs them (`ability/rte/acc`, `probe/perplexity`, ...)."""
         return {f"{self.prefixes[name]}/{k}": v for name, values in self.scores.items() for k, v in values.items()}
+
+    def headline(self) -> dict[str, float]:
+        """`metrics()` as a run plots them: each task's headline score and likelihood, with paired differences."""
+        return headline(self.metrics(), {self.prefixes[name]: keep for name, keep in self.series.items()})
 
     def to_pandas(self, rows: bool = False):
         """A DataFrame: one row per evaluator with its scores as columns, or (`rows=True`) one row per example
@@ -94,7 +100,8 @@ def run(module: EditModule, baseline: Results | None = None) -> Results:
     evs = module.evaluators
     return Results(scores, rows, constants={ev.name: ev.constants() for ev in evs},
                    baselines={ev.name: ev.baseline_state() for ev in evs},
-                   data_keys={ev.name: ev.data_key() for ev in evs}, prefixes={ev.name: ev.prefix for ev in evs})
+                   data_keys={ev.name: ev.data_key() for ev in evs}, prefixes={ev.name: ev.prefix for ev in evs},
+                   series={ev.name: ev.series() for ev in evs})
 
 
 def evaluate(model, tokenizer, tasks: Sequence[str] = C.TASKS, protocol: str = "gu2024", limit: int | None = 100,

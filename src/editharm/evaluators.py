@@ -57,6 +57,18 @@ class Evaluator(nn.Module):
     def load_baseline(self, state: dict) -> None:
         """Measure later evaluations against `state` (another evaluator's `baseline_state`, same data)."""
 
+    def series(self) -> tuple[str, ...] | None:
+        """The metric names (without the prefix) a run plots as MLflow series; the others (intervals, secondary
+        scores) are kept in the evaluation's table artifact only (`tracking.log_evaluation`). None: every one."""
+        return None
+
+
+def headline(metrics: dict[str, float], series: dict[str, tuple[str, ...] | None]) -> dict[str, float]:
+    """`metrics` without what an evaluator keeps out of its series (`series`: by prefix, `Evaluator.series`)."""
+    drop = [(f"{prefix}/", set(keep)) for prefix, keep in series.items() if keep is not None]
+    return {k: v for k, v in metrics.items()
+            if not any(k.startswith(p) and k[len(p):] not in keep for p, keep in drop)}
+
 
 def metric_state(metric: Metric) -> dict:
     """A torchmetrics metric's accumulated states and update count (what `reset` clears)."""

@@ -22,7 +22,7 @@ from editharm import guards, limits, models, registry, resume, stats, tracking
 from editharm.config import RunConfig
 from editharm.data import EditRequest, data_dir
 from editharm.errors import EditharmError
-from editharm.evaluators import EditEvaluator, Evaluator
+from editharm.evaluators import EditEvaluator, Evaluator, headline
 from editharm.nethook import get_module, get_parameter, is_transposed
 from editharm.placement import input_device, is_spread, weight_device
 
@@ -301,7 +301,9 @@ class EditModule(L.LightningModule):
         if self.cfg.tracking.log_predictions:
             for name, logged in rows.items():
                 tracking.log_jsonl(self.logger, f"predictions/{name}/edits_{step}.jsonl", logged)
-        due, self._unlogged = [*self._unlogged, (step, metrics)], []
+        tracking.log_evaluation(self.logger, step, metrics)
+        plotted = headline(metrics, {ev.prefix: ev.series() for ev in self.evaluators})  # the rest: in the table
+        due, self._unlogged = [*self._unlogged, (step, plotted)], []
         if self.logger is not None and self.cfg.tracking.log_state and self.n_requests:  # edit runs only
             resume.save(self.logger, self.resume_state(due))
         tracking.log_steps(self.logger, due)

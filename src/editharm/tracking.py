@@ -192,6 +192,14 @@ def log_steps(logger: RunLogger | None, steps: list[tuple[int, dict[str, float]]
 
 
 @rank_zero_only
+def log_evaluation(logger: RunLogger | None, step: int, metrics: dict[str, float]) -> None:
+    """Every figure of the evaluation at `step` (scores, intervals, paired differences, secondary scores) as the
+    table artifact `evaluations/edits_<step>.json`, which the report reads; MLflow's series hold the headlines."""
+    if logger is not None:
+        log_text(logger, f"evaluations/edits_{step}.json", json.dumps(metrics, indent=1, sort_keys=True))
+
+
+@rank_zero_only
 def log_jsonl(logger: RunLogger | None, artifact: str, rows: list[dict]) -> None:
     if logger is not None:
         log_text(logger, artifact, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -139,7 +139,7 @@ def collect(uri: str, run_ids: list[str]) -> Collected:
 
         raise EditharmError(f"run {run_ids[0]} has no FINISHED runs to report on")
     panels = panels_of(runs)
-    histories = {r.info.run_id: _histories(client, r, panels) for r in runs}
+    histories = {r.info.run_id: _histories(client, uri, r, panels) for r in runs}
     lines = _by_step(runs, histories) if x == "step" else _by_axis(runs, histories, x, x_key)
     return Collected(title, x, paper, lines, panels, runs, missing)
 
@@ -173,13 +173,37 @@ def _read_text(uri: str, run_id: str, path: str) -> str:
         return Path(got).read_text(encoding="utf-8")
 
 
-def _histories(client, run, panels: list[Panel]) -> dict[int, dict[str, float]]:
-    """step -> {key: value} for the keys a report reads."""
+def _histories(client, uri: str, run, panels: list[Panel]) -> dict[int, dict[str, float]]:
+    """step -> {key: value} for the keys a report reads: from the run's evaluation tables (`evaluations/`, every
+    figure of each evaluation), and from its metric series for what they lack (runs logged before the tables)."""
+    tables = _tables(uri, run.info.run_id)
+    logged = set(run.data.metrics).union(*tables.values())
     out: dict[int, dict[str, float]] = {}
-    for key in wanted_keys(panels, set(run.data.metrics)):
-        for m in client.get_metric_history(run.info.run_id, key):
-            out.setdefault(m.step, {})[key] = m.value
+    for key in wanted_keys(panels, logged):
+        if any(key in t for t in tables.values()):
+            for step, table in tables.items():
+                if key in table:
+                    out.setdefault(step, {})[key] = table[key]
+        else:
+            for m in client.get_metric_history(run.info.run_id, key):
+                out.setdefault(m.step, {})[key] = m.value
     return out
+
+
+def _tables(uri: str, run_id: str) -> dict[int, dict[str, float]]:
+    """step -> every figure of the evaluation at that step (`tracking.log_evaluation`); {} for a run without."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    if not [f for f in mlflow.MlflowClient(uri).list_artifacts(run_id, "evaluations")]:
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        got = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evaluations", dst_path=tmp,
+                                                       tracking_uri=uri))
+        return {int(f.stem.removeprefix("edits_")): json.loads(f.read_text(encoding="utf-8"))
+                for f in got.glob("edits_*.json")}
 
 
 def _label(run) -> str:

@@ -88,6 +88,11 @@ class TaskEvaluator(Evaluator):
             self.has_baseline = True
         return values, sorted(_gather(self.rows), key=lambda r: r["index"])
 
+    def series(self) -> tuple[str, ...]:
+        """The task's headline score and the gold answer's log-probability, each with its paired difference."""
+        p = self.metric.primary
+        return p, f"{p}_delta", "gold_logprob", "gold_logprob_delta"
+
     def constants(self) -> dict[str, float]:
         """`n`, `chance` and, for a closed label set, `majority` (the majority-class rate, the bar to clear)."""
         out = {"n": len(self.task.items), "chance": self.task.spec.chance}
