@@ -8,12 +8,14 @@ within seconds: it is marked KILLED with the reason, and the exit status is 128 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import warnings
 
 from editharm.errors import EditharmError
 from editharm.stopping import Stopped
 
+log = logging.getLogger("editharm")
 RUN_COMMANDS = ("edit", "evaluate", "stats", "train-mend", "experiment")
 
 
@@ -22,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-dir", action="append", default=[], metavar="DIR",
                         help="a folder of your own config files, looked up before the shipped ones (repeatable; "
                              "also $EDITHARM_CONFIG_PATH)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="print only errors and the final results table")
     sub = parser.add_subparsers(dest="command", required=True)
     p_edit = sub.add_parser("edit", help="apply edits and measure them in one MLflow run")
     p_edit.add_argument("overrides", nargs="*", help="group=name or dotted.key=value, e.g. method=ft edits.n=4")
@@ -48,15 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     if folders:  # absolute, as workers in other folders (Ray, spawned processes) read it too
         os.environ["EDITHARM_CONFIG_PATH"] = os.pathsep.join(os.path.abspath(os.path.expanduser(f)) for f in folders)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    from editharm import runs
+    from editharm import console, runs
+
+    console.setup(args.quiet)
 
     try:
         if args.command == "experiment":
-            print(f"editharm: experiment run {runs.experiment(args.name, args.overrides)} finished")
+            log.info(f"experiment run {runs.experiment(args.name, args.overrides)} finished")
         elif args.command in RUN_COMMANDS:
             command = {"edit": runs.edit, "evaluate": runs.evaluate, "stats": runs.statistics,
                        "train-mend": runs.train_mend}[args.command]
-            print(f"editharm: run {command(args.overrides)} finished")
+            log.info(f"run {command(args.overrides)} finished")
         elif args.command == "report":
             print(f"editharm: report logged to run {runs.report(args.run_ids, args.tracking_uri)} (artifacts: report/)")
         else:

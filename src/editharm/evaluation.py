@@ -11,6 +11,8 @@ Nothing here opens an MLflow run or imports mlflow unless `track=` asks for a ru
 """
 from __future__ import annotations
 
+import logging
+
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -22,6 +24,8 @@ from editharm.evaluators import EditEvaluator, PerplexityEvaluator, headline
 from editharm.module import EditModule
 from editharm.tasks import load_task
 from editharm.tasks.evaluator import TaskEvaluator
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -121,7 +125,7 @@ def evaluate(model, tokenizer, tasks: Sequence[str] = C.TASKS, protocol: str = "
     loaded, probe = load_tasks(cfg)
     loaded = chats.wrap_tasks(loaded, chats.wrapper(cfg.model, tokenizer))
     for name, n in limits.fit_tasks(loaded, tokenizer, limits.context_length(model)).items():
-        print(f"editharm: task {name}: {n} prompts longer than the model's {limits.context_length(model)} positions "
+        log.info(f"task {name}: {n} prompts longer than the model's {limits.context_length(model)} positions "
               "keep their last tokens")
     limits.check_probe(cfg.probe, limits.context_length(model))
     module = EditModule(cfg, model, tokenizer, ability_evaluators(cfg, tokenizer, loaded, probe), n_requests=0)

@@ -11,12 +11,15 @@ and skips the cells it already FINISHED with the same config hash, so an interru
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Callable
 
 from editharm import config as C
 from editharm import grid, launchers, tracking
 from editharm.errors import ConfigError, EditharmError
+
+log = logging.getLogger(__name__)
 
 
 def check(spec: grid.ExperimentSpec, cells: list[grid.Cell], setup: Callable) -> list[tuple]:
@@ -76,13 +79,13 @@ def run(name: str, extra: list[str], edit: Callable, setup: Callable, report: Ca
                 indent=1, ensure_ascii=False))
         done = tracking.finished_cells(spec.name, uri)  # any earlier parent's: the same config is the same run
         ran = {h: done[h] for h in hashes if h in done}
-        print(f"editharm: experiment {spec.name}: {len(cells)} cells, parent run {parent.run_id}"
-              + (" (resumed)" if earlier else "") + (f"; {len(ran)} finished already" if ran else ""))
+        log.info(f"experiment {spec.name}: {len(cells)} cells, parent run {parent.run_id}"
+                 + (" (resumed)" if earlier else "") + (f"; {len(ran)} finished already" if ran else ""))
         counts = {"finished": 0, "skipped": len(ran), "failed": 0}
         heads = [f"[{i}/{len(cells)}] {cell.name}" for i, cell in enumerate(cells, 1)]
         for head, h in zip(heads, hashes):
             if h in done:
-                print(f"{head}: finished already (run {done[h]}), skipped")
+                log.info(f"{head}: finished already (run {done[h]}), skipped")
         todo = [(i, cell, h) for i, (cell, h) in enumerate(zip(cells, hashes)) if h not in done]
         jobs = [launchers.Job(tuple(cell.argv), cell.name, tuple({
             "cell": cell.name, "config_hash": h, "experiment": spec.name,
@@ -91,11 +94,11 @@ def run(name: str, extra: list[str], edit: Callable, setup: Callable, report: Ca
         def progress(k: int, event) -> None:
             head = heads[todo[k][0]]
             if isinstance(event, str):
-                print(f"{head}: {event}", flush=True)
+                log.info(f"{head}: {event}")
             elif event.error is None:
-                print(f"{head}: finished in {event.seconds:.0f} s (run {event.run_id})", flush=True)
+                log.info(f"{head}: finished in {event.seconds:.0f} s (run {event.run_id})")
             else:
-                print(f"{head}: FAILED after {event.seconds:.0f} s: {event.error}", flush=True)
+                log.error(f"{head}: FAILED after {event.seconds:.0f} s: {event.error}")
 
         for (_, cell, h), result in zip(todo, launchers.launch(options, jobs, edit, parent, progress)):
             if result.error is None:

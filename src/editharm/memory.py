@@ -2,7 +2,7 @@
 large for the device fails in the reader's head, not an hour in.
 
     held = estimate(cfg, model, module)   # bytes by item: weights, scoring copy, value-step copy, statistics
-    print(describe(held))
+    print(describe(held, "cpu"))
 
 Activations, the KV caches of scoring and the optimiser state of a value step scale with batch shapes and are
 not counted: the figure is a floor.
@@ -61,4 +61,4 @@ def size(n: int) -> str:
 
 def describe(held: dict[str, int], device: str) -> str:
     parts = ", ".join(f"{k.replace('_', ' ')} {size(v)}" for k, v in held.items())
-    return f"editharm: memory on {device}: {parts}; at least {size(sum(held.values()))} before activations"
+    return f"memory on {device}: {parts}; at least {size(sum(held.values()))} before activations"

@@ -13,6 +13,8 @@ trains; a `runs:/` URI is still fetched from the tracking store it names (that n
 """
 from __future__ import annotations
 
+import logging
+
 import importlib.util
 import tempfile
 from pathlib import Path
@@ -23,6 +25,8 @@ from editharm.methods import mend_store
 from editharm.methods.mend import ARCH, inner_modules, new_spec
 from editharm.methods.mend_data import training_data
 from editharm.methods.mend_train import fit
+
+log = logging.getLogger(__name__)
 
 
 def params_tag(cfg) -> str:
@@ -67,7 +71,7 @@ def _auto(cfg, model, tok, logger) -> str:
         return f"runs:/{found[0]}/{mend_store.ARTIFACT}"
     packaged = mend_store.shipped(wanted)
     if packaged is not None:
-        print(f"editharm: MEND hypernetwork for {cfg.model.name} shipped with the package: {packaged}")
+        log.info(f"MEND hypernetwork for {cfg.model.name} shipped with the package: {packaged}")
         return str(packaged)
     if logger is None:
         raise ConfigError(f"method.hypernetwork=auto: no MEND hypernetwork ships with the package for model "
@@ -83,7 +87,7 @@ def _auto(cfg, model, tok, logger) -> str:
         raise ConfigError(f"method.hypernetwork=auto found no trained network for {cfg.model.name}, and training "
                           f"one first needs a time budget: set method.train.max_minutes (the configured "
                           f"max_iters={m.train.max_iters} alone can take days), or train-mend first")
-    print(f"editharm: no MEND hypernetwork for {cfg.model.name} yet; training one first (a nested run, at most "
+    log.info(f"no MEND hypernetwork for {cfg.model.name} yet; training one first (a nested run, at most "
           f"{m.train.max_minutes:g} minutes)")
     return f"runs:/{train(cfg, model, tok, parent=logger)}/{mend_store.ARTIFACT}"
 
@@ -102,7 +106,7 @@ def train(cfg, model, tok, parent=None, rows=None) -> str:
     run id, whose `mend/` artifact holds the best network. `rows`: `training_data`'s result, when already read."""
     train_rows, val_rows, counts = rows or training_data(cfg, data.data_dir(cfg.data_dir))
     if counts["dropped_eval_overlap"]:
-        print(f"editharm: MEND training leaves out {counts['dropped_eval_overlap']} record(s) whose prompt is in an "
+        log.info(f"MEND training leaves out {counts['dropped_eval_overlap']} record(s) whose prompt is in an "
               "evaluation edit set")
     identity = models.identity(cfg.model)
     with tracking.start(cfg, f"train-mend-{cfg.model.name}", parent=parent) as logger:

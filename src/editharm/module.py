@@ -10,6 +10,7 @@ optimization), so MLflow plots every curve against the number of edits, the pape
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from typing import NamedTuple
 
@@ -24,6 +25,8 @@ from editharm.data import EditRequest, data_dir
 from editharm.errors import EditharmError
 from editharm.evaluators import EditEvaluator, Evaluator, headline
 from editharm.nethook import get_module, get_parameter, is_transposed
+
+log = logging.getLogger(__name__)
 from editharm.placement import input_device, is_spread, weight_device
 
 
@@ -200,8 +203,13 @@ class EditModule(L.LightningModule):
 
     def training_step(self, batch: list[EditRequest], batch_idx: int) -> None:
         step = self.edit_step(batch, keep=not self.single)
+        figures = {k.split("/")[-1]: v for k, v in step.metrics.items() if k in ("value/loss", "value/loss_evals")}
+        change = max((v for k, v in step.metrics.items() if k.endswith("/rel_fro")), default=None)
+        log.info("  done in %.1f s%s%s", step.metrics["time/edit_s"] * len(batch),
+                 f", |dW|/|W| {change:.3g}" if change is not None else "",
+                 "".join(f", {k} {v:.3g}" for k, v in figures.items()))
         if step.refused:
-            self.print(f"edits {step.first}-{self.n_edits - 1}: {step.refused}; not applied")
+            log.warning(f"edits {step.first}-{self.n_edits - 1}: {step.refused}; not applied")
         tracking.set_tags(self.logger, step.tags)
         self._log(step.metrics)
 
@@ -241,6 +249,10 @@ class EditModule(L.LightningModule):
             self.cumulative = D.accumulate(self.cumulative, deltas)
             self.edits_kept()
         return EditStep(start, deltas, metrics, self._tags, None)
+
+    def phase(self, text: str) -> None:
+        """What the method is computing now, for the console (`editharm.console`; a logging INFO line)."""
+        log.info("  %s", text)
 
     def tag(self, name: str, value: str) -> None:
         """A note on this edit step (KN: a request that selected no neuron), logged as a run tag."""

@@ -5,10 +5,14 @@
 """
 from __future__ import annotations
 
+import logging
+
 import warnings
 from pathlib import Path
 
 from editharm.errors import ConfigError, EditharmError
+
+log = logging.getLogger(__name__)
 
 
 def _setup(argv: list[str], edits: bool, tree=None):
@@ -45,10 +49,10 @@ def _log_run(logger, cfg, tree, tasks, **tags) -> None:
                                **{f"task.{t.spec.name}.version": t.spec.version for t in tasks}})
 
 
-def _trainer(cfg, logger, model, every: int = 1):
+def _trainer(cfg, logger, model, every: int = 1, n_requests: int = 0):
     import lightning as L
 
-    from editharm import placement
+    from editharm import console, placement
     from editharm.config import accelerator
 
     kind, devices = accelerator(cfg.device)
@@ -60,7 +64,7 @@ def _trainer(cfg, logger, model, every: int = 1):
         kind, devices, placed = ("gpu" if where.root_device.type == "cuda" else where.root_device.type), 1, \
             {"strategy": where}
     return L.Trainer(accelerator=kind, devices=devices, logger=logger, max_epochs=1, val_check_interval=every, **placed,
-                     num_sanity_val_steps=0, enable_checkpointing=False, enable_model_summary=False,
+                     callbacks=[console.Progress(n_requests)], enable_progress_bar=False, num_sanity_val_steps=0, enable_checkpointing=False, enable_model_summary=False,
                      inference_mode=False, use_distributed_sampler=False, log_every_n_steps=1)
 
 
@@ -72,7 +76,7 @@ def _fit(cfg, model, tok, logger, tasks, requests) -> None:
     limits.check_requests(requests, tok, limit, limits.request_margin(cfg.method))
     limits.check_probe(cfg.probe, limit)
     for name, n in limits.fit_tasks(tasks, tok, limit).items():
-        print(f"editharm: task {name}: {n} prompts longer than the model's {limit} positions keep their last tokens")
+        log.info(f"task {name}: {n} prompts longer than the model's {limit} positions keep their last tokens")
         tracking.set_tags(logger, {f"task.{name}.truncated": n})
 
 
@@ -147,7 +151,7 @@ def edit(argv: list[str], parent=None, run_name: str | None = None, tags: dict[s
             module.load_resume_state(state)
         start = module.n_edits
         dm = data.EditDataModule(requests[start:], e.batch_size, evaluators)
-        trainer = _trainer(cfg, logger, model, min(every, e.n - start or every) // e.batch_size)
+        trainer = _trainer(cfg, logger, model, min(every, e.n - start or every) // e.batch_size, e.n)
         try:
             if state is None:
                 trainer.validate(module, datamodule=dm, verbose=False)
@@ -163,6 +167,8 @@ def edit(argv: list[str], parent=None, run_name: str | None = None, tags: dict[s
                                       mlflow_model=cfg.tracking.log_model, step=module.n_edits)
             if cfg.tracking.log_report and parent is None:
                 _own_report(logger)
+            if parent is None:
+                _print_results(logger)
         except stopping.Stopped as err:
             last = module.history[-1][0] if module.history and cfg.tracking.log_state else None
             err.message = (f"{err}: run {logger.run_id} is KILLED; continue it with `editharm edit resume="
@@ -181,7 +187,7 @@ def _memory(cfg, model, module, logger) -> None:
     from editharm import memory
 
     held = memory.estimate(cfg, model, module)
-    print(memory.describe(held, f"device={cfg.device}"))
+    log.info(memory.describe(held, f"device={cfg.device}"))
     if logger is not None:
         logger.log_hyperparams({f"memory.{k}_gb": round(v / memory.GB, 3) for k, v in held.items()})
 
@@ -203,6 +209,16 @@ def _own_report(logger) -> None:
     _report_into(logger)
 
 
+def _print_results(logger) -> None:
+    """The results table on stdout (`console.results`); a failed read-back is a warning, never a failed run."""
+    from editharm import console
+
+    try:
+        print(console.results(logger.run_id, logger._tracking_uri), flush=True)
+    except Exception as err:  # noqa: BLE001
+        log.warning(f"the results table could not be read back ({type(err).__name__}: {err})")
+
+
 def _report_into(logger) -> None:
     """The `report/` of the run `logger` holds (an edit run, or a grid's parent); a drawing failure is printed and
     tagged, never fails the work that finished."""
@@ -211,7 +227,7 @@ def _report_into(logger) -> None:
     try:
         report([logger.run_id], logger._tracking_uri, into=logger.run_id)
     except Exception as err:  # noqa: BLE001
-        print(f"editharm: warning: the report could not be drawn ({type(err).__name__}: {err}); "
+        log.warning(f"the report could not be drawn ({type(err).__name__}: {err}); "
               f"retry with `editharm report {logger.run_id}`")
         tracking.set_tags(logger, {"report.error": f"{type(err).__name__}: {err}"[:5000]})
 
@@ -233,6 +249,7 @@ def evaluate(argv: list[str]) -> str:
         evaluators = evaluation.ability_evaluators(cfg, tok, tasks, probe)
         module = EditModule(cfg, model, tok, evaluators, n_requests=0)
         _trainer(cfg, logger, model).validate(module, datamodule=data.EditDataModule([], 1, evaluators), verbose=False)
+        _print_results(logger)
         return logger.run_id
 
 
@@ -290,7 +307,7 @@ def experiment(name: str, argv: list[str]) -> str:
 
     try:
         return experiments.run(name, argv, edit=edit, setup=lambda cell: _setup(cell, edits=True)[0],
-                               report=_report_into)
+                               report=lambda parent: (_report_into(parent), _print_results(parent)))
     except stopping.Stopped as err:  # the parent and the running cell are KILLED (tracking.start)
         err.message = (f"{err}: the grid's parent run and its running cell are KILLED; run the same command again "
                        "to continue (finished cells are skipped)")

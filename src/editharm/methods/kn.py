@@ -311,6 +311,7 @@ class KN(EditModule):
         sites = self.sites()
         changes: dict[int, torch.Tensor] = {}
         for index, request in enumerate(requests, start=self.n_edits):
+            self.phase(f"integrated-gradient attribution over {len(sites)} layers, {self.hp.steps} steps")
             edit = kn_edit(self.model, self.tokenizer, request, sites, self.hp)
             column = column_change(embed[edit.new], embed[edit.old], edit.c)
             n = int(edit.neurons.sum())

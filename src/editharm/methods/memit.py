@@ -143,6 +143,7 @@ class MEMIT(EditModule):
         prompts = [r.prompt for r in requests]
         positions = [subject_last(self.tokenizer, r.prompt, r.subject) for r in requests]
         H0 = keys_at(self.model, self.tokenizer, block, prompts, positions)[1]
+        self.phase(f"target values z at {block} for {len(requests)} request(s)")
         Z, traces = compute_z(self.model, self.tokenizer, block, requests, self._templates, self.hp, H0)
         for trace in traces:
             self.measured("value", trace.metrics())
@@ -152,6 +153,7 @@ class MEMIT(EditModule):
         with torch.no_grad():
             try:
                 for i, module in enumerate(modules):
+                    self.phase(f"{'null-space' if self.hp.nullspace else 'least-squares'} update of {module}")
                     K = layer_keys(self.model, self.tokenizer, module, requests, self._templates, self.hp.z_batch_size)
                     H = keys_at(self.model, self.tokenizer, block, prompts, positions)[1].T
                     R = (Z - H) / (len(modules) - i)

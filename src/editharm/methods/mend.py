@@ -12,6 +12,8 @@ weighs each request the same). Padded label positions never enter the loss.
 """
 from __future__ import annotations
 
+import logging
+
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -33,6 +35,8 @@ from editharm.nethook import get_module, get_parameter, is_transposed, linear_we
 from editharm.registry import register_method
 from editharm.scoring import encode_pairs, logits_logprobs, mean_example_nll
 from editharm.placement import input_device
+
+log = logging.getLogger(__name__)
 
 EDIT_LOSS_ON = ("rephrase", "prompt")
 MONITORS = {"loss": "min", "edit_success": "max"}  # train.monitor -> ModelCheckpoint/EarlyStopping mode
@@ -256,7 +260,7 @@ def load_network(cfg, model) -> tuple[MENDNet, frozenset[str]]:
     net = MENDNet.load(where)
     check_compatible(net.spec, new_spec(cfg, model, models.identity(cfg.model)), f"at {cfg.method.hypernetwork}")
     if net.spec.meta.get("selected_on_eval"):
-        print(f"editharm: the MEND hypernetwork at {cfg.method.hypernetwork} was selected on an evaluation edit set "
+        log.info(f"the MEND hypernetwork at {cfg.method.hypernetwork} was selected on an evaluation edit set "
               f"({net.spec.meta.get('data')}, the paper's choice): its scores on that set are not held-out scores")
     prompts = where / mend_store.TRAIN_PROMPTS
     trained_on = frozenset(prompts.read_text(encoding="utf-8").splitlines()) if prompts.is_file() else frozenset()

@@ -17,6 +17,8 @@ artifact (`runs:/<id>/mend`).
 """
 from __future__ import annotations
 
+import logging
+
 import math
 import random
 import tempfile
@@ -41,6 +43,8 @@ from editharm.methods.mend import MONITORS, L_edit, factors_of, inner_modules, m
 from editharm.methods.mend_net import MENDNet
 from editharm.nethook import get_parameter
 from editharm.scoring import IGNORE, encode_pairs, logits_logprobs
+
+log = logging.getLogger(__name__)
 
 LOGGED = ("loss", "edit_nll", "loc_kl", "edit_success", "loc_acc")
 
@@ -182,7 +186,7 @@ def fit(cfg, model: nn.Module, tok, train_rows, val_rows, logger=None) -> tuple[
             module.load_state_dict(checkpoint["state_dict"])
             saved = checkpoint["global_step"]
         else:
-            print("editharm: no validation ran during training (val_every beyond the budget); the final network "
+            log.info("no validation ran during training (val_every beyond the budget); the final network "
                   "is kept")
     return net.cpu(), {"time/train_s": seconds, "time/step_s": seconds / max(trainer.global_step, 1),
                        "train/steps": trainer.global_step, "train/saved_step": saved}

@@ -114,6 +114,7 @@ class ROME(EditModule):
         with torch.no_grad():
             try:
                 for request in requests:
+                    self.phase(f"value step and rank-one update at {module}")
                     vectors = edit_vectors(self.model, self.tokenizer, module, request, self._templates, self.hp, C)
                     self.measured("value", vectors.trace.metrics())
                     name, stored = to_param_layout(self.model, module, vectors.delta())

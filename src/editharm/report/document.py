@@ -22,7 +22,7 @@ def verdict(low: float | None, high: float | None) -> str:
     return "not detected"
 
 
-def _num(v: float | None) -> str:
+def number(v: float | None) -> str:
     if v is None:
         return "–"
     return f"{v:.3g}" if abs(v) >= 1000 or (v and abs(v) < 0.001) else f"{v:.3f}"
@@ -31,7 +31,7 @@ def _num(v: float | None) -> str:
 MARK = {"harm detected": " ▼", "gain detected": " ▲"}
 
 
-def _delta(point, key: str) -> tuple[str, str]:
+def paired(point, key: str) -> tuple[str, str]:
     """The paired difference at `point` as `Δ [low, high]` (▼ harm, ▲ gain), and its verdict; `–` where not
     logged (step 0, or runs from before paired statistics)."""
     d, lo, hi = (point.values.get(f"{key}_delta{s}") for s in ("", "_ci_low", "_ci_high"))
@@ -46,7 +46,7 @@ def ability_table(got: Collected, likelihood: bool = False) -> tuple[list[str], 
     for Batch-Single every batch size is its own cell), and the verdict at the last point. With `likelihood`, the
     same for the gold answer's log-probability."""
     xs = sorted({p.x for ln in got.lines for p in ln.points})
-    head = ["task", "line", *[_num(x).rstrip("0").rstrip(".") or "0" for x in xs], "verdict at the last point"]
+    head = ["task", "line", *[number(x).rstrip("0").rstrip(".") or "0" for x in xs], "verdict at the last point"]
     rows = []
     for panel in got.panels:
         if panel.task is None:
@@ -59,9 +59,9 @@ def ability_table(got: Collected, likelihood: bool = False) -> tuple[list[str], 
             cells = []
             for x in xs:
                 p = at.get(x)
-                d = _delta(p, key)[0] if p else ""
-                cells.append("–" if p is None else _num(p.values[key]) + (f" (Δ {d})" if d else ""))
-            rows.append([panel.task, line.label, *cells, _delta(at[max(at)], key)[1]])
+                d = paired(p, key)[0] if p else ""
+                cells.append("–" if p is None else number(p.values[key]) + (f" (Δ {d})" if d else ""))
+            rows.append([panel.task, line.label, *cells, paired(at[max(at)], key)[1]])
     return head, rows
 
 
@@ -75,8 +75,8 @@ def edit_table(got: Collected) -> tuple[list[str], list[list[str]]]:
         first = line.points[0] if line.points else None
         if last is None:
             continue
-        rows.append([line.label, _num(last.x), *[_num(last.values.get(p.key)) for p in edits],
-                     _num(first.values.get("probe/perplexity") if first.step == 0 else None)])
+        rows.append([line.label, number(last.x), *[number(last.values.get(p.key)) for p in edits],
+                     number(first.values.get("probe/perplexity") if first.step == 0 else None)])
     return head, rows
 
 
