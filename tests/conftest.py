@@ -157,6 +157,18 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _package_logging():
+    """`editharm.console.setup` (a CLI test calls `main`) configures the package's logger for a console; each test
+    starts from the library's state (no handler of its own, propagating, so `caplog` sees it)."""
+    import logging
+
+    yield
+    log = logging.getLogger("editharm")
+    log.handlers[:], log.propagate = [], True
+    log.setLevel(logging.NOTSET)
+
+
+@pytest.fixture(autouse=True)
 def _no_own_report(request, monkeypatch):
     """An edit run's own `report/` (matplotlib, about 1.5 s a run) is drawn only in tests marked `own_report`: the
     suite's 200 edit runs check other things."""

@@ -114,3 +114,18 @@ def test_the_ui_shows_the_grid_its_report_figure_and_the_logged_model(ui, tmp_pa
     dom = _browse(f"{base}/#/experiments/{experiment}/runs/{cell.info.run_id}?workflowType=machine_learning",
                   "--dump-dom")
     assert "Logged models" in dom and model_id in dom
+
+    # the run's charts: four per task (headline score, gold log-probability, their paired differences), and they
+    # render: the charts' line blue in a screenshot, against the same view's empty System-metrics tab
+    run_page = f"{base}/#/experiments/{experiment}/runs/{cell.info.run_id}"
+    charts = _browse(f"{run_page}/model-metrics?workflowType=machine_learning", "--dump-dom")
+    import re
+
+    groups = dict(re.findall(r">(ability/[a-z0-9_]+)</div>\((\d+)\)<", charts))
+    assert groups == {"ability/sst2": "4", "ability/samsum": "4"}, groups
+    for tab in ("model-metrics", "system-metrics"):
+        shots[tab] = tmp_path / f"{tab}.png"
+        _browse(f"{run_page}/{tab}?workflowType=machine_learning", f"--screenshot={shots[tab]}",
+                "--virtual-time-budget=60000")
+    blue = {tab: _coloured(shots[tab], (33, 114, 180), tol=20) for tab in ("model-metrics", "system-metrics")}
+    assert blue["model-metrics"] > blue["system-metrics"] + 500, f"the charts did not render: {blue}, {shots}"

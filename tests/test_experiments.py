@@ -1,6 +1,7 @@
 """Experiment grids: configs expand to cells, bad cells fail before any compute, a grid resumes (finished cells
 skipped, failed ones rerun), and its report has the expected panels and an HTML page that embeds them."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -53,7 +54,7 @@ def test_a_bad_cell_fails_before_the_first_cell_runs(env, tmp_path, capsys):
     assert not client().search_runs([e.experiment_id for e in client().search_experiments()])  # nothing started
 
 
-def test_smoke_grid_resumes_reruns_a_failed_cell_and_reports(env, tmp_path, monkeypatch, capsys):
+def test_smoke_grid_resumes_reruns_a_failed_cell_and_reports(env, tmp_path, monkeypatch, capsys, caplog):
     from editharm.methods.rome import ROME
 
     def broken(self, requests):
@@ -73,10 +74,13 @@ def test_smoke_grid_resumes_reruns_a_failed_cell_and_reports(env, tmp_path, monk
 
     stale = c.create_run(parent.info.experiment_id, tags={"mlflow.parentRunId": parent.info.run_id})  # a SIGKILLed cell
     capsys.readouterr()
-    again = runs.experiment("smoke", [])
+    with caplog.at_level("INFO", logger="editharm"):
+        again = runs.experiment("smoke", [])
     out = capsys.readouterr().out
     assert again == parent.info.run_id  # the same parent, reopened
-    assert "[1/2] ft·smoke: finished already" in out and "[2/2] rome·smoke: finished in" in out
+    assert "[1/2] ft·smoke: finished already" in caplog.text and "[2/2] rome·smoke: finished in" in caplog.text
+    table = out[out.index("results of experiment smoke"):].splitlines()  # the grid's table, a line per cell
+    assert [r.split()[:2] for r in table if r.startswith("sst2")] == [["sst2", "ft"], ["sst2", "rome"]]
     assert c.get_run(again).info.status == "FINISHED"
     nested = c.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{again}'")
     assert sorted((r.data.tags.get("cell", "?"), r.info.status) for r in nested) == [
@@ -99,19 +103,29 @@ def test_smoke_grid_resumes_reruns_a_failed_cell_and_reports(env, tmp_path, monk
     assert all(r[-1] in ("harm detected", "gain detected", "not detected") for r in rows)
     lines = json.loads(read_artifact(again, "report/lines.json", tmp_path / "l").read_text())
     assert lines[0]["points"][0]["step"] == 0
+    # the docs' results page of this grid, regenerated from its runs
+    import subprocess
+    import sys
+
+    page = tmp_path / "page"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "results_page.py"
+    subprocess.run([sys.executable, str(script), again, "--out", str(page), "--title", "Smoke", "--command",
+                    "editharm experiment smoke"], check=True, capture_output=True, timeout=300)
+    text = (page / "index.md").read_text()
+    assert text.startswith("# Smoke\n") and f"`{again}`" in text and "| sst2 | ft |" in text
+    assert {p.name for p in page.glob("*.png")} == {"abilities.png", "likelihood.png", "paper.png"}
 
 
-def test_a_grown_grid_reuses_the_cells_an_earlier_grid_finished(env, tmp_path, capsys):
+def test_a_grown_grid_reuses_the_cells_an_earlier_grid_finished(env, tmp_path, caplog):
     import yaml
 
     runs.experiment("smoke", [])
     spec = yaml.safe_load(grid.config_dir_file("smoke").read_text())
     spec["axes"]["method"]["ft5"] = [*spec["axes"]["method"]["ft"], "method.steps=5"]
     (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True, sort_keys=False))
-    capsys.readouterr()
-    grown = runs.experiment(str(tmp_path / "smoke.yaml"), [])
-    out = capsys.readouterr().out
-    assert "2 finished already" in out and "[3/3] ft5·smoke: finished in" in out
+    with caplog.at_level("INFO", logger="editharm"):
+        grown = runs.experiment(str(tmp_path / "smoke.yaml"), [])
+    assert "2 finished already" in caplog.text and "[3/3] ft5·smoke: finished in" in caplog.text
     got = collect.collect(env_uri(), [grown])
     assert [ln.label for ln in got.lines] == ["ft", "rome", "ft5"] and not got.missing
 

@@ -19,7 +19,8 @@ log = logging.getLogger("editharm")
 RUN_COMMANDS = ("edit", "evaluate", "stats", "train-mend", "experiment")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line (the docs' CLI reference is generated from it)."""
     parser = argparse.ArgumentParser(prog="editharm", description=__doc__.splitlines()[0])
     parser.add_argument("--config-dir", action="append", default=[], metavar="DIR",
                         help="a folder of your own config files, looked up before the shipped ones (repeatable; "
@@ -44,16 +45,21 @@ def main(argv: list[str] | None = None) -> int:
     p_ckpt.add_argument("run_id")
     p_ckpt.add_argument("--out", required=True, help="directory to write the checkpoint to")
     p_ckpt.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     import os
 
     folders = [*args.config_dir, *filter(None, os.environ.get("EDITHARM_CONFIG_PATH", "").split(os.pathsep))]
     if folders:  # absolute, as workers in other folders (Ray, spawned processes) read it too
         os.environ["EDITHARM_CONFIG_PATH"] = os.pathsep.join(os.path.abspath(os.path.expanduser(f)) for f in folders)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    from editharm import console, runs
+    from editharm import console
 
-    console.setup(args.quiet)
+    console.setup(args.quiet)  # before torch, transformers and tqdm are imported: they read its switches then
+    from editharm import runs
 
     try:
         if args.command == "experiment":

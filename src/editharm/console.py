@@ -1,9 +1,8 @@
 """What a command shows on the console: `setup` routes the package's `logging` to stderr and quiets Lightning's and
-transformers' banners; `Progress` (a Lightning callback) says what a run is doing; `results` is the table printed at
-the end of every edit, evaluate and experiment run.
+transformers' banners (before they are imported: their progress-bar switches are read then); `results` is the table
+printed at the end of every edit, evaluate and experiment run (`editharm.progress` says what a run is doing).
 
     console.setup(quiet=False)                  # the CLI; a library user configures `logging` as they like
-    trainer = L.Trainer(callbacks=[console.Progress()], enable_progress_bar=False, ...)
     print(console.results(run_id, uri))
 
 Library code logs through `logging.getLogger(__name__)` (names under `editharm`), never `print`.
@@ -13,9 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
-
-import lightning as L
 
 log = logging.getLogger("editharm")
 QUIETED = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric", "transformers",
@@ -30,14 +26,16 @@ def setup(quiet: bool = False) -> None:
     log.handlers[:] = [handler]
     log.setLevel(logging.ERROR if quiet else logging.INFO)
     log.propagate = False
-    for name in QUIETED:
-        logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow sets its own level when imported
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if quiet:
         os.environ["TQDM_DISABLE"] = "1"  # the key-statistics and loading bars too
+    import lightning  # noqa: F401  (it sets its loggers' level when imported: ours must come after)
+
+    for name in QUIETED:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 class _Stderr(logging.StreamHandler):
@@ -50,44 +48,6 @@ class _Stderr(logging.StreamHandler):
     @stream.setter
     def stream(self, _value) -> None:
         pass
-
-
-class Progress(L.Callback):
-    """One line per edit step and per evaluated task: what runs now, how far the run is, what it took."""
-
-    def __init__(self, n_requests: int = 0):
-        self.n = n_requests
-        self._task: int | None = None
-        self._t0 = 0.0
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx: int) -> None:
-        first = module.n_edits + 1
-        span = f"{first}" if len(batch) == 1 else f"{first}-{module.n_edits + len(batch)}"
-        log.info("edit %s of %d (%s): %s", span, self.n, module.hp.name, batch[0].prompt[:60])
-
-    def on_validation_epoch_start(self, trainer, module) -> None:
-        self._task, self._t0 = None, time.perf_counter()
-        names = [ev.name for ev in module.evaluators]
-        log.info("evaluation after %d edits: %s", module.n_edits, ", ".join(names) or "nothing to score")
-
-    def on_validation_batch_start(self, trainer, module, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if dataloader_idx != self._task:
-            self._task = dataloader_idx
-            ev = module.evaluators[dataloader_idx]
-            size = len(getattr(ev, "items", None) or getattr(ev, "requests", None) or ())
-            log.info("  %d/%d %s%s", dataloader_idx + 1, len(module.evaluators), ev.name,
-                     f": {size} items" if size else "")
-
-    def on_validation_end(self, trainer, module) -> None:
-        if not module.history:
-            return
-        step, metrics = module.history[-1]
-        shown = [f"{ev.name} {metrics[f'{ev.prefix}/{ev.series()[0]}']:.3f}" for ev in module.evaluators
-                 if ev.series() and f"{ev.prefix}/{ev.series()[0]}" in metrics]
-        if "probe/perplexity" in metrics:
-            shown.append(f"perplexity {metrics['probe/perplexity']:.4g}")
-        log.info("evaluation after %d edits done in %.0f s%s", step, time.perf_counter() - self._t0,
-                 ": " + ", ".join(shown) if shown else "")
 
 
 def results(run_id: str, uri: str) -> str:

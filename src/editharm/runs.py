@@ -52,8 +52,9 @@ def _log_run(logger, cfg, tree, tasks, **tags) -> None:
 def _trainer(cfg, logger, model, every: int = 1, n_requests: int = 0):
     import lightning as L
 
-    from editharm import console, placement
+    from editharm import placement
     from editharm.config import accelerator
+    from editharm.progress import Progress
 
     kind, devices = accelerator(cfg.device)
     placed = {}
@@ -64,7 +65,7 @@ def _trainer(cfg, logger, model, every: int = 1, n_requests: int = 0):
         kind, devices, placed = ("gpu" if where.root_device.type == "cuda" else where.root_device.type), 1, \
             {"strategy": where}
     return L.Trainer(accelerator=kind, devices=devices, logger=logger, max_epochs=1, val_check_interval=every, **placed,
-                     callbacks=[console.Progress(n_requests)], enable_progress_bar=False, num_sanity_val_steps=0, enable_checkpointing=False, enable_model_summary=False,
+                     callbacks=[Progress(n_requests)], enable_progress_bar=False, num_sanity_val_steps=0, enable_checkpointing=False, enable_model_summary=False,
                      inference_mode=False, use_distributed_sampler=False, log_every_n_steps=1)
 
 

@@ -10,6 +10,7 @@ them the edited model as an MLflow Model (transformers flavour, `models:/<model_
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ from editharm import deltas as D
 from editharm import stopping
 from editharm.errors import EditharmError
 
+log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
 UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
 
@@ -94,7 +96,7 @@ def start(cfg: C.RunConfig, run_name: str, parent: RunLogger | ParentRun | None 
             raise
         else:
             logger.experiment.set_terminated(run_id, "FINISHED")
-    print_links(logger)
+    print_links(logger, nested=parent is not None)
 
 
 def ensure_experiment(name: str, uri: str) -> None:
@@ -341,12 +343,17 @@ def links(logger: RunLogger) -> list[str]:
 
 
 @rank_zero_only
-def print_links(logger: RunLogger) -> None:
+def print_links(logger: RunLogger, nested: bool = False) -> None:
+    """Where to open the run, on stdout (a grid's cells: an INFO line each, the parent's address is what counts)."""
     try:
         lines = links(logger)
     except Exception as err:  # the run is logged and finished; a failed look-up must not fail the command
         lines = [f"editharm: run {logger.run_id} finished; its UI address is unknown ({type(err).__name__}: {err})"]
-    print("\n".join(lines), flush=True)
+    if nested:
+        for line in lines:
+            log.info(line.removeprefix("editharm: "))
+    else:
+        print("\n".join(lines), flush=True)
 
 
 def download_checkpoint(run_id: str, out: Path, uri: str | None = None) -> Path:
