@@ -84,11 +84,3 @@ def test_a_family_outside_the_table_is_one_clear_error(capsys, env, tmp_path):
 def test_a_fused_gate_says_so(capsys, env, checkpoints):
     _fails(capsys, ["edit", f"model=hf:{checkpoints['phi3']}", "method=kn", *BASE], "no separate gate projection",
            "method.neuron=post")
-
-
-def test_readme_hf_command_runs_with_a_folder_in_place_of_its_placeholder(env, checkpoints):
-    from tests.test_readme import _readme_commands
-
-    (argv,) = [a for a in _readme_commands("editharm edit") if any(w.startswith("model=hf:") for w in a)]
-    argv = [f"model=hf:{checkpoints['qwen2']}" if w.startswith("model=hf:") else w for w in argv]
-    assert client().get_run(edit([*argv, *VALUE, *BASE[:4]])).info.status == "FINISHED"

@@ -10,11 +10,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_mlflow_run_creates_exactly_one_finished_run(env, tracking, tmp_path):
+def test_the_readmes_mlflow_run_creates_exactly_one_finished_run(env, tracking, tmp_path):
+    """The README's `mlflow run` command as written, with a guard and the test data's small tasks added."""
+    import re
+    import shlex
+
     mlflow_bin = Path(sys.executable).with_name("mlflow")
-    cmd = [str(mlflow_bin), "run", str(REPO), "-P", "method=ft", "-P", "model=tiny-llama", "-P", "guard=rect",
-           "-P", "overrides=edits.n=2 edits.eval_every=1 probe.n_tokens=512 probe.chunk_tokens=128",
-           "--env-manager", "local"]
+    (line,) = [x for x in re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)[0:99]
+               for x in x.splitlines() if x.startswith("mlflow run .")]
+    cmd = [str(mlflow_bin), *[str(REPO) if a == "." else a for a in shlex.split(line)[1:]], "-P", "guard=rect"]
+    at = cmd.index(next(a for a in cmd if a.startswith("overrides=")))
+    cmd[at] += " edits.n=2 edits.eval_every=1 probe.n_tokens=512 probe.chunk_tokens=128"
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PATH": f"{mlflow_bin.parent}:{os.environ['PATH']}"})
     assert proc.returncode == 0, proc.stderr[-3000:]
