@@ -4,18 +4,32 @@
         --metrics edit/zsre/efficacy_token_acc ability/gsm8k/accuracy probe/perplexity
 
 One row per run (by run name, oldest first), one cell per logged step: the value, and its 95 % interval when
-the run logged `<metric>_ci_low` / `_ci_high`. `--at STEP` prints only that step (one column per metric).
-Until `editharm report` exists this is how the README's tables are made from the runs.
+the run logged `<metric>_ci_low` / `_ci_high` (in its `evaluations/` tables, or as series in runs from before them).
+`--at STEP` prints only that step (one column per metric). `editharm report` draws a grid's figures and tables.
 """
 from __future__ import annotations
 
 import argparse
 
+from functools import cache
+
 from mlflow import MlflowClient
+
+from editharm.report import collect
+
+
+@cache
+def _tables(uri: str, run_id: str) -> dict[int, dict[str, float]]:
+    return collect.tables(uri, run_id)
 
 
 def history(client: MlflowClient, run_id: str, key: str) -> dict[int, float]:
-    return {m.step: m.value for m in client.get_metric_history(run_id, key)}
+    """step -> value: the metric series, overlaid by the run's evaluation tables (intervals live only there)."""
+    out = {m.step: m.value for m in client.get_metric_history(run_id, key)}
+    for step, table in _tables(client.tracking_uri, run_id).items():
+        if key in table:
+            out[step] = table[key]
+    return out
 
 
 def cell(client: MlflowClient, run_id: str, key: str, step: int, digits: int) -> str:

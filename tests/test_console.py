@@ -12,6 +12,11 @@ BANNERS = ("GPU available", "TPU available", "litlogger", "Validation", "val_che
            "Downloading artifacts", "INFO mlflow")
 
 
+def _last_run() -> str:
+    c = client()
+    return c.search_runs([c.get_experiment_by_name("editharm").experiment_id], order_by=["start_time DESC"])[0].info.run_id
+
+
 @pytest.fixture
 def console_env(env, monkeypatch):
     for var in ("TQDM_DISABLE", "MLFLOW_LOGGING_LEVEL", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "TRANSFORMERS_VERBOSITY",
@@ -44,4 +49,5 @@ def test_a_run_shows_its_progress_and_ends_with_its_results(capfd, console_env):
 def test_quiet_keeps_the_table_alone(capfd, console_env):
     assert main(["--quiet", *ARGV]) == 0
     out, err = capfd.readouterr()
-    assert err == "" and "results of" in out and "editharm: edit 1 of 2" not in out
+    assert "results of" in out and f"runs/{_last_run()}" in out and "editharm: edit 1 of 2" not in out + err
+    assert err == ""  # no progress, no banner, no warning

@@ -115,7 +115,7 @@ def test_an_evaluate_run_prints_its_address(env, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run_id = evaluate(["model=tiny-llama", "tasks.names=[]", "probe.n_tokens=256", "probe.chunk_tokens=128"])
     eid = client().get_run(run_id).info.experiment_id
-    assert f"/#/experiments/{eid}/runs/{run_id}?workflowType=machine_learning" in capsys.readouterr().out
+    assert f"/#/experiments/{eid}/runs/{run_id}/model-metrics?workflowType=machine_learning" in capsys.readouterr().out
 
 
 @pytest.mark.usefixtures("tracking")
@@ -139,7 +139,7 @@ def test_log_model_leaves_the_run_and_the_global_uri_alone(tmp_path, monkeypatch
 
 def test_ui_urls_use_the_tracking_server():
     run, runs = tracking.ui_urls("https://mlflow.example.org:8443/", "7", "abc")
-    assert run == "https://mlflow.example.org:8443/#/experiments/7/runs/abc?workflowType=machine_learning"
+    assert run == "https://mlflow.example.org:8443/#/experiments/7/runs/abc/model-metrics?workflowType=machine_learning"
     assert runs == "https://mlflow.example.org:8443/#/experiments/7/runs?workflowType=machine_learning"
     assert tracking.ui_urls("sqlite:///mlflow.db", "1", "r")[0].startswith("http://127.0.0.1:5000/#/experiments/1/")
 

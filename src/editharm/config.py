@@ -439,6 +439,9 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(cfg.model.chat_template, (bool, str)):
         raise ConfigError(f"model.chat_template must be true, false or a Jinja template string, "
                           f"got {cfg.model.chat_template!r}")
+    if cfg.model.chat_template is not False and cfg.method.name == "mend":
+        raise ConfigError("method=mend with model.chat_template: MEND's hypernetworks are trained on plain prompts "
+                          "(and checked against their training prompts as plain text); leave the template off")
     if cfg.model.device_map is not None:
         check_device_map(cfg.model.device_map, cfg.device)
     if cfg.devices < 1 or (cfg.devices > 1 and (cfg.model.device_map is not None or ":" in cfg.device)):

@@ -14,8 +14,9 @@ import os
 import sys
 
 log = logging.getLogger("editharm")
-QUIETED = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric", "transformers",
-           "accelerate", "mlflow")
+QUIETED = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric", "mlflow")
+"""Their banners, tips and notices are INFO; their warnings still show, as transformers' and accelerate's do (a
+checkpoint loaded with newly initialised weights, a failed artifact upload)."""
 
 
 def setup(quiet: bool = False) -> None:
@@ -26,7 +27,6 @@ def setup(quiet: bool = False) -> None:
     log.handlers[:] = [handler]
     log.setLevel(logging.ERROR if quiet else logging.INFO)
     log.propagate = False
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow sets its own level when imported
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -35,7 +35,7 @@ def setup(quiet: bool = False) -> None:
     import lightning  # noqa: F401  (it sets its loggers' level when imported: ours must come after)
 
     for name in QUIETED:
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).setLevel(logging.ERROR if quiet else logging.WARNING)
 
 
 class _Stderr(logging.StreamHandler):
@@ -76,7 +76,8 @@ def results(run_id: str, uri: str) -> str:
     head, edits = document.edit_table(got)
     if edits and len(head) > 3:
         head = ["line", "edits" if got.x == "step" else got.x, *[h.removeprefix("edit ") for h in head[2:]]]
-        edits = [[r[0], f"{float(r[1]):g}", *r[2:]] for r in edits]
+        lasts = {ln.label: ln.points[-1].x for ln in got.lines if ln.points}  # exact, not the table's 3 digits
+        edits = [[r[0], f"{lasts[r[0]]:g}", *r[2:]] for r in edits]
         out += [""] + _text(*_drop_line(head, edits, one))
     return "\n".join(out)
 

@@ -125,8 +125,8 @@ def evaluate(model, tokenizer, tasks: Sequence[str] = C.TASKS, protocol: str = "
     loaded, probe = load_tasks(cfg)
     loaded = chats.wrap_tasks(loaded, chats.wrapper(cfg.model, tokenizer))
     for name, n in limits.fit_tasks(loaded, tokenizer, limits.context_length(model)).items():
-        log.info(f"task {name}: {n} prompts longer than the model's {limits.context_length(model)} positions "
-              "keep their last tokens")
+        log.warning(f"task {name}: {n} prompts longer than the model's {limits.context_length(model)} positions "
+                    "keep their last tokens")
     limits.check_probe(cfg.probe, limits.context_length(model))
     module = EditModule(cfg, model, tokenizer, ability_evaluators(cfg, tokenizer, loaded, probe), n_requests=0)
     if not track:

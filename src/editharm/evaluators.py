@@ -213,7 +213,7 @@ class PerplexityEvaluator(Evaluator):
     def update(self, module, batch: torch.Tensor) -> None:
         logits = module.model(input_ids=batch).logits[:, :-1].float()
         nll = nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum")
-        self.nll.update(nll)
+        self.nll.update(nll.to(self.nll.device))  # where the metric's state is (the model may run on a GPU)
         self.count.update(batch[:, 1:].numel())
 
     def compute(self) -> tuple[dict[str, float], list[dict]]:

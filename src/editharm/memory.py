@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from editharm.nethook import get_module, is_transposed
+from editharm.placement import is_spread
 
 GB = 1e9
 
@@ -36,11 +37,12 @@ def estimate(cfg, model: nn.Module, module) -> dict[str, int]:
     the float32 Σ ΔW of the edited weights that a run keeps (not in single mode). Not counted: activations, KV
     caches, a value step's or FT's optimiser state, MEND's network."""
     out = {"weights": nbytes(model)}
+    spread = is_spread(model)  # never copied: scored and optimised through in its own dtype
     scoring = getattr(torch, cfg.tasks.dtype)
-    if cfg.tasks.names and scoring != model.dtype:
+    if cfg.tasks.names and scoring != model.dtype and not spread:
         out["scoring_copy"] = nbytes(model, scoring)
     autocast = getattr(cfg.method, "v_autocast", None)
-    if autocast and getattr(torch, autocast) != model.dtype:
+    if autocast and getattr(torch, autocast) != model.dtype and not spread:
         out["value_step_copy"] = nbytes(model, getattr(torch, autocast))
     uses_stats = getattr(cfg.method, "mom2_adjustment", hasattr(cfg.method, "mom2_dataset"))
     matrices: dict[str, int] = {}

@@ -88,7 +88,7 @@ def _auto(cfg, model, tok, logger) -> str:
                           f"one first needs a time budget: set method.train.max_minutes (the configured "
                           f"max_iters={m.train.max_iters} alone can take days), or train-mend first")
     log.info(f"no MEND hypernetwork for {cfg.model.name} yet; training one first (a nested run, at most "
-          f"{m.train.max_minutes:g} minutes)")
+             f"{m.train.max_minutes:g} minutes)")
     return f"runs:/{train(cfg, model, tok, parent=logger)}/{mend_store.ARTIFACT}"
 
 
@@ -107,7 +107,7 @@ def train(cfg, model, tok, parent=None, rows=None) -> str:
     train_rows, val_rows, counts = rows or training_data(cfg, data.data_dir(cfg.data_dir))
     if counts["dropped_eval_overlap"]:
         log.info(f"MEND training leaves out {counts['dropped_eval_overlap']} record(s) whose prompt is in an "
-              "evaluation edit set")
+                 "evaluation edit set")
     identity = models.identity(cfg.model)
     with tracking.start(cfg, f"train-mend-{cfg.model.name}", parent=parent) as logger:
         tracking.log_config(logger, cfg)

@@ -41,7 +41,8 @@ def load(cfg: ModelConfig, cache: Path):
         where = embedded_checkpoint(cfg, cache) if cfg.source == "embedded" else cfg.path
         model, tok = _from_pretrained(where, cfg, cache)
     if cfg.device_map is not None and not hasattr(model, "hf_device_map"):
-        model = placement.dispatch(model, cfg.device_map, placement.offload_folder(cache, cfg.name))
+        folder = placement.offload_folder(cache, cfg.name)
+        model = placement.tie_folder(placement.dispatch(model, cfg.device_map, folder), folder)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.generation_config.pad_token_id = tok.pad_token_id
@@ -217,13 +218,24 @@ def _sha256(path: Path) -> str:
 
 def _from_pretrained(where: str | Path, cfg: ModelConfig, cache: Path):
     kwargs = {"revision": cfg.revision} if cfg.revision else {}
+    placed, folder = {}, None
     if cfg.device_map is not None:  # accelerate places each module as it loads: no full copy in host memory
-        kwargs.update(device_map=placement.plain(cfg.device_map), offload_folder=placement.offload_folder(cache, cfg.name))
+        folder = placement.offload_folder(cache, cfg.name)
+        placed = {"device_map": placement.plain(cfg.device_map), "offload_folder": folder}
     try:
         tok = AutoTokenizer.from_pretrained(where, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=DTYPES[cfg.dtype], **kwargs)
-    except (OSError, ValueError) as err:
-        raise ModelError(f"cannot load model '{cfg.name}' from {where}: {str(err).splitlines()[0]}. "
-                         "Without network access it must be a local checkpoint directory or already in "
-                         "the Hugging Face cache; set model.path=/local/dir") from None
-    return model, tok
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=DTYPES[cfg.dtype], **kwargs, **placed)
+    except ValueError as err:
+        if placed:  # accelerate's refusal of the map, not a missing checkpoint
+            raise ModelError(f"model '{cfg.name}': model.device_map={placed['device_map']} cannot place it: "
+                             f"{str(err).splitlines()[0]}") from None
+        raise _not_found(cfg, where, err) from None
+    except OSError as err:
+        raise _not_found(cfg, where, err) from None
+    return (placement.tie_folder(model, folder) if folder else model), tok
+
+
+def _not_found(cfg: ModelConfig, where, err: Exception) -> ModelError:
+    return ModelError(f"cannot load model '{cfg.name}' from {where}: {str(err).splitlines()[0]}. Without network "
+                      "access it must be a local checkpoint directory or already in the Hugging Face cache; set "
+                      "model.path=/local/dir")

@@ -26,8 +26,9 @@ from editharm.errors import EditharmError
 from editharm.evaluators import EditEvaluator, Evaluator, headline
 from editharm.nethook import get_module, get_parameter, is_transposed
 
-log = logging.getLogger(__name__)
 from editharm.placement import input_device, is_spread, weight_device
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -220,7 +221,7 @@ class EditModule(L.LightningModule):
         self.model.eval()  # Lightning switches to train mode for fit; edits are computed without dropout
         t0 = time.perf_counter()
         self._measured, self._tags = {}, {}
-        deltas = self.compute_deltas(batch)
+        deltas = {n: d.to(weight_device(self.model, n)) for n, d in self.compute_deltas(batch).items()}
         seconds = time.perf_counter() - t0
         start, self.n_edits = self.n_edits, self.n_edits + len(batch)
         self._last_batch = range(start, self.n_edits)
@@ -347,6 +348,7 @@ class EditModule(L.LightningModule):
         model's device, then `measure`. The validation loop of a run does the same through Lightning's hooks."""
         device = input_device(self.model)
         self.model.eval()
+        self.evaluators.to(device)  # their metric states, as Lightning's strategy moves them in a run
         self.on_validation_epoch_start()
         with torch.no_grad():
             for i, ev in enumerate(self.evaluators):

@@ -10,7 +10,9 @@ tensors where the weights or activations they meet are.
 """
 from __future__ import annotations
 
+import shutil
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +30,20 @@ def plain(device_map: Any) -> str | dict:
 
 
 def offload_folder(cache: Path, name: str) -> str:
-    """A fresh folder for the weights a map sends to `disk` (accelerate writes them there)."""
+    """A fresh folder for the weights a map sends to `disk` (accelerate writes them there); see `tie_folder`."""
     root = cache / "offload"
     root.mkdir(parents=True, exist_ok=True)
     return tempfile.mkdtemp(dir=root, prefix=f"{name}-")
+
+
+def tie_folder(model: nn.Module, folder: str) -> nn.Module:
+    """The offload folder lives as long as the model: removed now when nothing went to disk, else when the model
+    is garbage-collected or the process exits."""
+    if not any(Path(folder).iterdir()):
+        shutil.rmtree(folder, ignore_errors=True)
+    else:
+        weakref.finalize(model, shutil.rmtree, folder, True)
+    return model
 
 
 def dispatch(model: nn.Module, device_map: Any, folder: str) -> nn.Module:
@@ -82,8 +94,8 @@ def strategy(model: nn.Module):
     from lightning.pytorch.strategies import SingleDeviceStrategy
 
     class InPlace(SingleDeviceStrategy):
-        def model_to_device(self) -> None:
-            pass
+        def model_to_device(self) -> None:  # the metrics' states go where the batches go; the model stays
+            self.lightning_module.evaluators.to(self.root_device)
 
         def teardown(self) -> None:  # Strategy.teardown without its move of the whole model to the CPU
             self.precision_plugin.teardown()

@@ -24,7 +24,9 @@ class Progress(L.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx: int) -> None:
         first = module.n_edits + 1
         span = f"{first}" if len(batch) == 1 else f"{first}-{module.n_edits + len(batch)}"
-        log.info("edit %s of %d (%s): %s", span, self.n, module.hp.name, batch[0].prompt[:60])
+        first_request = batch[0]  # the fact, not its prompt (which a chat template would open with markup)
+        log.info("edit %s of %d (%s): %s -> %s", span, self.n, module.hp.name, first_request.subject,
+                 first_request.target_new.strip())
 
     def on_validation_epoch_start(self, trainer, module) -> None:
         self._task, self._t0 = None, time.perf_counter()

@@ -45,7 +45,8 @@ def _log_run(logger, cfg, tree, tasks, **tags) -> None:
 
     tracking.log_config(logger, tree)
     tracking.set_tags(logger, {"model": cfg.model.name, "model_identity": models.identity(cfg.model),
-                               "protocol": cfg.tasks.protocol, "git_commit": tracking.git_commit(), **tags,
+                               "protocol": cfg.tasks.protocol, "git_commit": tracking.git_commit(),
+                               **tracking.host(), **tags,
                                **{f"task.{t.spec.name}.version": t.spec.version for t in tasks}})
 
 
@@ -77,7 +78,7 @@ def _fit(cfg, model, tok, logger, tasks, requests) -> None:
     limits.check_requests(requests, tok, limit, limits.request_margin(cfg.method))
     limits.check_probe(cfg.probe, limit)
     for name, n in limits.fit_tasks(tasks, tok, limit).items():
-        log.info(f"task {name}: {n} prompts longer than the model's {limit} positions keep their last tokens")
+        log.warning(f"task {name}: {n} prompts longer than the model's {limit} positions keep their last tokens")
         tracking.set_tags(logger, {f"task.{name}.truncated": n})
 
 
@@ -229,7 +230,7 @@ def _report_into(logger) -> None:
         report([logger.run_id], logger._tracking_uri, into=logger.run_id)
     except Exception as err:  # noqa: BLE001
         log.warning(f"the report could not be drawn ({type(err).__name__}: {err}); "
-              f"retry with `editharm report {logger.run_id}`")
+                    f"retry with `editharm report {logger.run_id}`")
         tracking.set_tags(logger, {"report.error": f"{type(err).__name__}: {err}"[:5000]})
 
 

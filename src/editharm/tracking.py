@@ -174,6 +174,20 @@ def log_benchmark(run_name: str, params: dict, figures: dict[str, float]) -> Non
         mlflow.log_metrics({f"bench/{k}": v for k, v in figures.items()})
 
 
+def host() -> dict[str, str]:
+    """The machine a run ran on, as tags: `host.cpu` (model and cores), `host.gpu` (the CUDA devices, or none)."""
+    import platform
+
+    import torch
+
+    info = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+             if line.startswith("model name")] if info.exists() else []
+    cpu = f"{names[0] if names else platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {"host.cpu": cpu, "host.gpu": ", ".join(gpus) or "none"}
+
+
 def git_commit() -> str:
     """The package's git commit (with `-dirty` for uncommitted changes), or `unknown`."""
     repo = Path(__file__).resolve().parents[2]
@@ -320,11 +334,12 @@ def _requirements() -> list[str]:
 
 
 def ui_urls(uri: str, experiment_id: str, run_id: str) -> tuple[str, str]:
-    """`(run, experiment)`: the run's page and the experiment's run list, both in the UI's model-training view
+    """`(run, experiment)`: the run's charts (its Model-metrics tab: abilities against edits; the report is one click
+    away under Artifacts) and the experiment's run list, both in the UI's model-training view
     (`workflowType=machine_learning`), on the tracking server for http(s) URIs, else on `mlflow ui`'s default."""
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI
     view = "workflowType=machine_learning"
-    return (f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{view}",
+    return (f"{base}/#/experiments/{experiment_id}/runs/{run_id}/model-metrics?{view}",  # the charts first
             f"{base}/#/experiments/{experiment_id}/runs?{view}")
 
 

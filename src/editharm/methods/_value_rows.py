@@ -79,7 +79,7 @@ class Batch:
             out.first.append(out.first[-1] + self.first[j + 1] - self.first[j])
         out.keep = self.keep
         out.ids, out.at, out.mask, out.position_ids = self.ids[index], self.at[index], self.mask[index], self.position_ids[index]
-        out.kv = [(k[index], v[index]) for k, v in self.kv]
+        out.kv = [(k[index.to(k.device)], v[index.to(v.device)]) for k, v in self.kv]
         return out
 
     def logits(self, model: nn.Module) -> torch.Tensor:

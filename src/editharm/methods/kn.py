@@ -179,7 +179,7 @@ def attribute(model: nn.Module, ids: list[int], target: int, sites: list[Site], 
 
     with torch.no_grad():
         run(1, capture)
-    a = torch.stack([clean[l] for l in range(len(sites))])
+    a = torch.stack([clean[l].to(device) for l in range(len(sites))])  # (layers may run on several devices)
     steps = alphas(m).to(device)
     copies = [(l, k) for l in range(len(sites)) for k in range(m)]
     attr = torch.zeros_like(a)
@@ -194,7 +194,7 @@ def attribute(model: nn.Module, ids: list[int], target: int, sites: list[Site], 
                 if len(rows) == 0:
                     return h
                 h = h.clone()
-                h[rows, -1] = scaled[rows].to(h.dtype)
+                h[rows.to(h.device), -1] = scaled[rows].to(h.device, h.dtype)
                 return h
 
             probs = run(len(chunk), patch).float().softmax(-1)[:, target]

@@ -156,7 +156,7 @@ class MEMIT(EditModule):
                     self.phase(f"{'null-space' if self.hp.nullspace else 'least-squares'} update of {module}")
                     K = layer_keys(self.model, self.tokenizer, module, requests, self._templates, self.hp.z_batch_size)
                     H = keys_at(self.model, self.tokenizer, block, prompts, positions)[1].T
-                    R = (Z - H) / (len(modules) - i)
+                    R = ((Z - H) / (len(modules) - i)).to(K.device)  # where the edited module's keys are
                     if self.hp.nullspace:
                         delta = alphaedit_update(R, K, self._P[module], self._edited[module], self.hp.nullspace_l2)
                         self._new_keys[module] = K @ K.T
@@ -164,7 +164,7 @@ class MEMIT(EditModule):
                         delta = memit_update(R, K, C[module], self.hp.mom2_update_weight)
                     name, stored = to_param_layout(self.model, module, delta)
                     weight = self.model.get_parameter(name)
-                    weight.add_(stored.to(weight.dtype))  # layer l+1 sees layer l's update
+                    weight.add_(stored.to(weight.device, weight.dtype))  # layer l+1 sees layer l's update
                     total[name] = stored
             finally:
                 for m, weight in originals.items():  # exact: the model as found

@@ -217,8 +217,8 @@ def factors_of(model: nn.Module, inner: dict[str, str], ids: torch.Tensor, mask:
     rows = mask.bool().flatten()
     out = {}
     for p, g in zip(inner, grads):
-        x = seen[p][0].detach().reshape(-1, seen[p][0].shape[-1])[rows]
-        d = g.reshape(-1, g.shape[-1])[rows]
+        x = seen[p][0].detach().reshape(-1, seen[p][0].shape[-1])[rows.to(g.device)]
+        d = g.reshape(-1, g.shape[-1])[rows.to(g.device)]
         carries = (d != 0).any(-1)
         out[p] = (x[carries], d[carries])
     return out, logits.detach()
@@ -260,8 +260,8 @@ def load_network(cfg, model) -> tuple[MENDNet, frozenset[str]]:
     net = MENDNet.load(where)
     check_compatible(net.spec, new_spec(cfg, model, models.identity(cfg.model)), f"at {cfg.method.hypernetwork}")
     if net.spec.meta.get("selected_on_eval"):
-        log.info(f"the MEND hypernetwork at {cfg.method.hypernetwork} was selected on an evaluation edit set "
-              f"({net.spec.meta.get('data')}, the paper's choice): its scores on that set are not held-out scores")
+        log.warning(f"the MEND hypernetwork at {cfg.method.hypernetwork} was selected on an evaluation edit set "
+                    f"({net.spec.meta.get('data')}, the paper's choice): its scores on that set are not held-out scores")
     prompts = where / mend_store.TRAIN_PROMPTS
     trained_on = frozenset(prompts.read_text(encoding="utf-8").splitlines()) if prompts.is_file() else frozenset()
     return net, trained_on
@@ -289,8 +289,10 @@ class MEND(EditModule):
                               f"(e.g. {seen[0]!r}); edit held-out facts only")
 
     def compute_deltas(self, requests) -> Deltas:
-        self._net[0].to(input_device(self.model))  # Lightning moves the model, not the network
+        device = input_device(self.model)
+        self._net[0].to(device)  # Lightning moves the model, not the network
         factors = gradient_factors(self.model, self.tokenizer, self.inner, [r.prompt for r in requests],
                                    [r.target_new for r in requests], self.cfg.method.reduction)
+        factors = {p: (x.to(device), d.to(device)) for p, (x, d) in factors.items()}  # the network's device
         with torch.no_grad():
             return {p: d.detach() for p, d in mend_deltas(self._net[0], self.model, self.inner, factors).items()}

@@ -38,10 +38,12 @@ from torchmetrics import MeanMetric
 
 from editharm import models
 from editharm.config import accelerator
+from editharm.errors import ConfigError
 from editharm.methods._shared import frozen
 from editharm.methods.mend import MONITORS, L_edit, factors_of, inner_modules, mend_deltas, new_spec, patched
 from editharm.methods.mend_net import MENDNet
 from editharm.nethook import get_parameter
+from editharm.placement import is_spread
 from editharm.scoring import IGNORE, encode_pairs, logits_logprobs
 
 log = logging.getLogger(__name__)
@@ -168,6 +170,10 @@ def fit(cfg, model: nn.Module, tok, train_rows, val_rows, logger=None) -> tuple[
     Lightning logger, or None); returns the best validation's network (the last one when no validation ran) and
     the figures of the training (`time/train_s`, `time/step_s`, `train/steps`, `train/saved_step`). The model's
     weights, flags and the global RNGs are as they were."""
+    if is_spread(model):
+        raise ConfigError("training a MEND hypernetwork on a model spread by model.device_map is not supported (its "
+                          "trainer moves the model to one device): train it where the model fits (editharm "
+                          "train-mend), then edit the spread model with method.hypernetwork=runs:/<run_id>/mend")
     t = cfg.method.train
     with _restored_rng(), frozen(model), tempfile.TemporaryDirectory() as tmp:
         L.seed_everything(t.seed, workers=True, verbose=False)
@@ -187,6 +193,6 @@ def fit(cfg, model: nn.Module, tok, train_rows, val_rows, logger=None) -> tuple[
             saved = checkpoint["global_step"]
         else:
             log.info("no validation ran during training (val_every beyond the budget); the final network "
-                  "is kept")
+                     "is kept")
     return net.cpu(), {"time/train_s": seconds, "time/step_s": seconds / max(trainer.global_step, 1),
                        "train/steps": trainer.global_step, "train/saved_step": saved}

@@ -174,23 +174,22 @@ def _read_text(uri: str, run_id: str, path: str) -> str:
 
 
 def _histories(client, uri: str, run, panels: list[Panel]) -> dict[int, dict[str, float]]:
-    """step -> {key: value} for the keys a report reads: from the run's evaluation tables (`evaluations/`, every
-    figure of each evaluation), and from its metric series for what they lack (runs logged before the tables)."""
-    tables = _tables(uri, run.info.run_id)
-    logged = set(run.data.metrics).union(*tables.values())
+    """step -> {key: value} for the keys a report reads: the run's metric series, overlaid step by step with its
+    evaluation tables (`evaluations/`, every figure of each evaluation; runs logged before them have none)."""
+    by_step = tables(uri, run.info.run_id)
+    logged = set(run.data.metrics).union(*by_step.values())
     out: dict[int, dict[str, float]] = {}
     for key in wanted_keys(panels, logged):
-        if any(key in t for t in tables.values()):
-            for step, table in tables.items():
-                if key in table:
-                    out.setdefault(step, {})[key] = table[key]
-        else:
+        if key in run.data.metrics:  # a series (a run resumed across the change: its early steps only there)
             for m in client.get_metric_history(run.info.run_id, key):
                 out.setdefault(m.step, {})[key] = m.value
+        for step, table in by_step.items():
+            if key in table:
+                out.setdefault(step, {})[key] = table[key]
     return out
 
 
-def _tables(uri: str, run_id: str) -> dict[int, dict[str, float]]:
+def tables(uri: str, run_id: str) -> dict[int, dict[str, float]]:
     """step -> every figure of the evaluation at that step (`tracking.log_evaluation`); {} for a run without."""
     import tempfile
     from pathlib import Path
