@@ -37,9 +37,11 @@ def test_an_edit_of_a_spread_model_equals_the_unsplit_models_and_lands_on_its_we
     with torch.no_grad():  # the edited spread model computes what the edited unsplit one does
         torch.testing.assert_close(spread(**ids).logits, whole(**ids).logits)
 
-    results = editharm.evaluate(spread, tok, tasks=["sst2"], limit=4)  # scored in place (no bf16 copy)
-    assert results.scores["sst2"]["accuracy"] == editharm.evaluate(whole, tok, tasks=["sst2"], limit=4,
-                                                                   dtype="float32").scores["sst2"]["accuracy"]
+    spread_scores = editharm.evaluate(spread, tok, tasks=["sst2", "samsum"], limit=4).scores  # in place, float32
+    whole_scores = editharm.evaluate(whole, tok, tasks=["sst2", "samsum"], limit=4, dtype="float32").scores
+    for task in ("sst2", "samsum"):
+        assert spread_scores[task]["gold_logprob"] == pytest.approx(whole_scores[task]["gold_logprob"], rel=1e-5)
+    assert spread_scores["perplexity"] == pytest.approx(whole_scores["perplexity"], rel=1e-5)
 
 
 def test_an_offloaded_edit_target_fails_before_compute(env):
