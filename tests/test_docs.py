@@ -89,3 +89,55 @@ def test_chromium_renders_the_index_and_a_results_page_with_its_figures(site, tm
     assert dom.count("<img") >= 3 and "abilities.png" in dom
     # the report figure's line colours (matplotlib C0/C1) are in the rendered page: the images loaded
     assert _coloured(results, (31, 119, 180)) + _coloured(results, (255, 127, 14)) > 500
+
+
+# Commands of the docs that other tests (or CI) run for real, by prefix.
+RUN_ELSEWHERE = {
+    "bash scripts/server.sh": "tests/test_server.py", "pip install 'editharm[server]'": "requirements.lock (CI)",
+    "export MLFLOW_TRACKING_URI": "tests/test_server.py", "source .venv/bin/activate": "CI's environment",
+    "bash scripts/main.sh": "the main job (scripts/main.sh = editharm edit)", "bash scripts/test.sh": ".ci/run",
+    ".venv/bin/mlflow ui": "tests/test_browser.py",
+}
+
+
+def _docs_commands() -> list[tuple[str, str]]:
+    out = []
+    for page in sorted((REPO / "docs").rglob("*.md")):
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S):
+            for line in block.splitlines():
+                line = re.sub(r"\s+#\s.*$", "", line).strip()
+                if line:
+                    out.append((str(page.relative_to(REPO)), line))
+    return out
+
+
+def test_every_docs_command_is_valid_as_written(env):
+    """Each `editharm` command of the docs composes its config (or grid, or arguments) without an error, each
+    `mlflow run` names an entry point and parameters the MLproject has; the rest is run by the test named for it
+    (a command of neither kind fails here until it is handled)."""
+    import shlex
+
+    import yaml
+
+    from editharm import config, grid
+    from editharm.__main__ import parser
+
+    project = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
+    for page, line in _docs_commands():
+        words = [w.replace("<RUN_ID>", "0" * 32).replace("<PARENT_RUN_ID>", "0" * 32) for w in shlex.split(line)]
+        if any(line.startswith(prefix) for prefix in RUN_ELSEWHERE):
+            continue
+        if words[:2] in (["editharm", "edit"], ["editharm", "evaluate"]):
+            if any(w.startswith("model=hf:") for w in words):
+                continue  # a path of the reader's: tests/test_readme.py runs the README's hf: command on a folder
+            config.load([w for w in words[2:] if not w.startswith("resume=")])
+        elif words[:2] == ["editharm", "experiment"]:
+            assert grid.cells(grid.load(words[2]), words[3:]), (page, line)
+        elif words[0] == "editharm":
+            parser().parse_args(words[1:])
+        elif words[:2] == ["mlflow", "run"]:
+            entry = words[words.index("-e") + 1] if "-e" in words else "main"
+            params = [w.split("=", 1)[0] for i, w in enumerate(words) if i and words[i - 1] == "-P"]
+            assert entry in project and set(params) <= set(project[entry]["parameters"]), (page, line)
+        else:
+            raise AssertionError(f"{page}: command with no test: {line!r}")
