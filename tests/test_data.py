@@ -74,3 +74,21 @@ def test_missing_data_dir_and_file(tmp_path, data_dir):
         data.load_requests(_edits("edits.n=100"), data_dir)
     with pytest.raises(DataError, match="valid: edit"):
         data.load_requests(_edits("edits=counterfact", "edits.split=test"), data_dir)
+
+
+def test_portability_questions_are_read_from_the_papers_zsre_file_and_ours(shared_data, tmp_path):
+    """The paper's zsRE edit set carries a portability question per record (its `portability` object); a file of
+    ours gives several as objects or [question, answer] pairs; a malformed one is reported with its line."""
+    requests, _ = data.load_requests(config.load(["edits=zsre", "edits.n=1037"]).edits, shared_data)
+    assert all(len(r.portability) == 1 for r in requests)
+    assert requests[0].portability == (("What type of sports event is the IAAF Combined Events Challenge, which was "
+                                        "established in 2006?", "Athletics"),)
+    base = {"prompt": "The capital of Peru is", "subject": "Peru", "target_new": " Lima"}
+    path = write_jsonl(tmp_path / "mine.jsonl", [
+        {**base, "portability": [{"prompt": "Peru's capital's country is", "answer": " Peru"},
+                                 ["The capital of Peru lies in", " South America"]]},
+        {**base, "portability": 7}])
+    with pytest.raises(DataError, match=r"line 2: field portability: a portability pair is \[question, answer\]"):
+        data.parse_jsonl(path, data.OUR_FIELDS)
+    (first,) = data.requests_of([{**base, "portability": [["q1", " a1"], {"New Question": "q2", "New Answer": " a2"}]}])
+    assert first.portability == (("q1", " a1"), ("q2", " a2"))

@@ -40,11 +40,13 @@ def wrapper(spec: ModelConfig, tok) -> Wrap | None:
 
 
 def wrap_requests(requests: list[EditRequest], wrap: Wrap | None) -> list[EditRequest]:
-    """Each request's prompts (edit, paraphrase, locality) as user turns; subjects and targets as they are."""
+    """Each request's prompts (edit, paraphrase, locality, portability) as user turns; subjects, targets and
+    answers as they are."""
     if wrap is None:
         return requests
     return [dataclasses.replace(r, prompt=wrap(r.prompt), rephrase=r.rephrase and wrap(r.rephrase),
-                                locality_prompt=r.locality_prompt and wrap(r.locality_prompt)) for r in requests]
+                                locality_prompt=r.locality_prompt and wrap(r.locality_prompt),
+                                portability=tuple((wrap(q), a) for q, a in r.portability)) for r in requests]
 
 
 def wrap_tasks(tasks: list[Task], wrap: Wrap | None) -> list[Task]:

@@ -34,6 +34,8 @@ class EditRequest:
     locality_prompt: str | None = None
     locality_answer: str | None = None
     case_id: str = ""
+    portability: tuple[tuple[str, str], ...] = ()
+    """(question, answer) pairs whose answer must change with the edit (multi-hop, reasoning): the edit's reach."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class EditSource:
 
 
 OUR_FIELDS = {f: f for f in ("prompt", "subject", "target_new", "ground_truth", "rephrase",
-                             "locality_prompt", "locality_answer", "case_id")}
+                             "locality_prompt", "locality_answer", "case_id", "portability")}
 REQUIRED = ("prompt", "subject", "target_new")
 EDIT_SOURCES = MappingProxyType({
     # The paper's 1,037-record edit set; `pred` is what the paper passes as the old answer.
@@ -56,7 +58,8 @@ EDIT_SOURCES = MappingProxyType({
                                                  "train": "zsre_mend_train-1k.jsonl"}),
                        MappingProxyType({"prompt": "src", "subject": "subject", "target_new": "alt",
                                          "ground_truth": "pred", "rephrase": "rephrase",
-                                         "locality_prompt": "loc", "locality_answer": "loc_ans"}),
+                                         "locality_prompt": "loc", "locality_answer": "loc_ans",
+                                         "portability": "portability"}),
                        success=False),
     "counterfact": EditSource("counterfact", MappingProxyType({s: f"counterfact-{s}.jsonl" for s in ("edit", "train", "val")}),
                               MappingProxyType({"prompt": "prompt", "subject": "subject", "target_new": "target_new",
@@ -133,9 +136,10 @@ def parse_jsonl(path: Path, fields: MappingProxyType, skipped: list[int] | None 
             if problem:
                 errors.append(f"line {lineno}: {problem}")
                 continue
-            values = {ours: record.get(theirs) for ours, theirs in fields.items()}
+            values = {ours: record.get(theirs) for ours, theirs in fields.items() if ours != "portability"}
             values = {k: (str(v) if v is not None else None) for k, v in values.items()}
             values["case_id"] = values.get("case_id") or str(lineno)
+            values["portability"] = portability_pairs(record.get(fields.get("portability", "")))
             requests.append(EditRequest(**values))
     if errors:
         shown = "\n  ".join(errors[:50]) + (f"\n  ... and {len(errors) - 50} more" if len(errors) > 50 else "")
@@ -160,7 +164,8 @@ def requests_of(records) -> list[EditRequest]:
         if problem:
             errors.append(f"request {i}: {problem}")
             continue
-        out.append(EditRequest(**{**record, "case_id": str(record.get("case_id") or i)}))
+        out.append(EditRequest(**{**record, "case_id": str(record.get("case_id") or i),
+                                  "portability": portability_pairs(record.get("portability"))}))
     if errors:
         raise DataError(f"{len(errors)} bad edit request(s):\n  " + "\n  ".join(errors))
     if not out:
@@ -190,7 +195,39 @@ def _check(record: Any, fields: MappingProxyType) -> str | None:
             return f"field {fields[key]} must be a string, got {type(value).__name__}"
     if bool(record.get(fields.get("locality_prompt", ""))) != bool(record.get(fields.get("locality_answer", ""))):
         return "locality prompt and locality answer must be given together"
+    try:
+        portability_pairs(record.get(fields.get("portability", "")))
+    except ValueError as err:
+        return f"field {fields['portability']}: {err}"
     return None
+
+
+PAIR_KEYS = (("prompt", "answer"), ("New Question", "New Answer"), ("prompt", "ground_truth"))
+"""The (question, answer) keys of a portability object: ours, the paper's zsRE file, EasyEdit's."""
+
+
+def portability_pairs(value: Any) -> tuple[tuple[str, str], ...]:
+    """A record's portability questions as (question, answer) pairs: none; one object or a list of them (with one
+    of `PAIR_KEYS`); or [question, answer] lists. `ValueError` says what a pair must look like."""
+    if value is None or value == () or value == []:
+        return ()
+    items = value if isinstance(value, (list, tuple)) and not _is_pair(value) else [value]
+    out = []
+    for item in items:
+        if isinstance(item, dict):
+            keys = next((k for k in PAIR_KEYS if k[0] in item and k[1] in item), None)
+            if keys is None:
+                raise ValueError(f"a portability object needs one of the key pairs {PAIR_KEYS}, got {sorted(item)}")
+            item = (item[keys[0]], item[keys[1]])
+        if not _is_pair(item):
+            raise ValueError(f"a portability pair is [question, answer] or an object, got {item!r}")
+        out.append((item[0], item[1]))
+    return tuple(out)
+
+
+def _is_pair(value: Any) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, str) and v.strip()
+                                                                        for v in value))
 
 
 def read_probe_text(root: Path | None, n_chars: int) -> str:

@@ -88,7 +88,9 @@ class EditEvaluator(Evaluator):
     - `*_token_acc`: share of target tokens predicted (argmax) given the gold prefix;
     - `*_success` (CounterFact-style data): P(new) > P(old) by mean per-token NLL; for locality,
       P(locality answer) > P(new) on the neighbourhood prompt;
-    - `locality_unchanged`: share of the locality answer's argmax tokens equal to the pre-edit ones.
+    - `locality_unchanged`: share of the locality answer's argmax tokens equal to the pre-edit ones;
+    - `portability_token_acc` (requests with portability questions): the token accuracy of each question's answer,
+      as generalization's, averaged over a request's questions, then over requests.
     """
 
     name = "edit"
@@ -102,6 +104,8 @@ class EditEvaluator(Evaluator):
         keys = ["efficacy_token_acc", "generalization_token_acc", "locality_unchanged"]
         if success:
             keys += ["efficacy_success", "generalization_success", "locality_success"]
+        if any(r.portability for r in requests):
+            keys.append("portability_token_acc")
         self.metrics = nn.ModuleDict({k: MeanMetric() for k in keys})
         self.pre_locality: dict[int, tuple[int, ...]] = {}
         self.rows: list[dict] = []
@@ -127,7 +131,20 @@ class EditEvaluator(Evaluator):
         with_loc = [(i, row, r) for i, row, r in zip(idx, rows, reqs) if r.locality_prompt]
         if with_loc:
             self._locality(with_loc, model, tok)
+        with_port = [(row, r) for row, r in zip(rows, reqs) if r.portability]
+        if with_port:
+            self._portability(with_port, model, tok)
         self.rows.extend(rows)
+
+    def _portability(self, items, model, tok) -> None:
+        pairs = [(row, q, a) for row, r in items for q, a in r.portability]
+        scores = scoring.score(model, tok, [q for _, q, _ in pairs], [a for _, _, a in pairs], self.batch_size)
+        for (row, q, _), s in zip(pairs, scores):
+            row.setdefault("portability", []).append({"prompt": q, "predicted": tok.decode(list(s.predicted)),
+                                                      "token_acc": s.token_acc})
+        for row, _ in items:
+            row["portability_token_acc"] = sum(p["token_acc"] for p in row["portability"]) / len(row["portability"])
+            self.metrics["portability_token_acc"].update(row["portability_token_acc"])
 
     def _score(self, rows, kind, model, tok, prompts, reqs, old) -> None:
         new = scoring.score(model, tok, prompts, [r.target_new for r in reqs], self.batch_size)

@@ -58,3 +58,30 @@ def test_evaluate_a_run_checkpoint_by_uri(env):
     assert not any(k.endswith("_delta") for k in m)  # one evaluation: no baseline to differ from
     edited = client().get_metric_history(source, "probe/perplexity")[-1].value
     assert abs(run.data.metrics["probe/perplexity"] - edited) < 1e-6 * edited  # the edited weights were scored
+
+
+def test_portability_is_scored_like_generalization(env, tmp_path):
+    """`edit/<data>/portability_token_acc` at step 0 is the mean over requests of each request's mean token
+    accuracy of its portability answers, as `scoring.score` computes it on the unedited model."""
+    import torch
+
+    from editharm import config, models, scoring
+    from tests.conftest import write_jsonl
+
+    pairs = [[("Peru's capital city is", " Lima"), ("Lima is the capital of", " Peru")],
+             [("The Eiffel Tower stands in", " Paris")]]
+    records = [{"prompt": "The capital of Peru is", "subject": "Peru", "target_new": " Cusco", "portability": pairs[0]},
+               {"prompt": "The Eiffel Tower is in", "subject": "Eiffel Tower", "target_new": " Rome",
+                "portability": pairs[1]}]
+    path = write_jsonl(tmp_path / "port.jsonl", records)
+    run_id = edit([*TINY, f"edits.dataset={path}", "edits.n=2", "edits.eval_every=2", "tracking.log_checkpoint=false",
+                   "tracking.log_model=false"])
+    model, tok = models.load(config.load(["model=tiny-llama"]).model, models.cache_root())
+    with torch.no_grad():
+        means = [sum(s.token_acc for s in scoring.score(model, tok, [q for q, _ in p], [a for _, a in p], 8)) / len(p)
+                 for p in pairs]
+    history = {m.step: m.value for m in client().get_metric_history(run_id, "edit/port/portability_token_acc")}
+    assert set(history) == {0, 2} and abs(history[0] - sum(means) / 2) < 1e-9
+    rows = [json.loads(line) for line in read_artifact(run_id, "predictions/edit/edits_2.jsonl",
+                                                       tmp_path / "p").read_text().splitlines()]
+    assert [len(r["portability"]) for r in rows] == [2, 1]

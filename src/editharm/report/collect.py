@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from editharm import grid
 
 PERPLEXITY = "probe/perplexity"
-EDIT_KINDS = ("efficacy", "generalization", "locality")
+EDIT_KINDS = ("efficacy", "generalization", "locality", "portability")
 
 
 @dataclass(frozen=True)
