@@ -78,6 +78,8 @@ def results(run_id: str, uri: str) -> str:
         head = ["line", "edits" if got.x == "step" else got.x, *[h.removeprefix("edit ") for h in head[2:]]]
         lasts = {ln.label: ln.points[-1].x for ln in got.lines if ln.points}  # exact, not the table's 3 digits
         edits = [[r[0], f"{lasts[r[0]]:g}", *r[2:]] for r in edits]
+        shown = [i for i in range(len(head)) if any(r[i] != "–" for r in edits)]  # no empty column (no probe)
+        head, edits = [head[i] for i in shown], [[r[i] for i in shown] for r in edits]
         out += [""] + _text(*_drop_line(head, edits, one))
     return "\n".join(out)
 
