@@ -173,7 +173,7 @@ def _no_own_report(request, monkeypatch):
     """An edit run's own `report/` (matplotlib, about 1.5 s a run) is drawn only in tests marked `own_report`: the
     suite's 200 edit runs check other things."""
     if request.node.get_closest_marker("own_report") is None:
-        monkeypatch.setattr("editharm.runs._own_report", lambda logger: None)
+        monkeypatch.setattr("editharm.runs._own_report", lambda logger, got: None)
 
 
 @pytest.fixture

@@ -32,6 +32,8 @@ ELSEWHERE = {
     "bash scripts/setup.sh": ".ci/run -> scripts/test.sh -> scripts/setup.sh",
     "source .venv/bin/activate": ".ci/run's environment",
     "bash scripts/test.sh": ".ci/run",
+    "bash scripts/main.sh": "the main job: scripts/setup.sh (CI) then `editharm edit` (the first example's code path "
+                            "on the embedded model; measured on the docs' main-job page)",
     "editharm edit method=ft model=tiny-llama": "test_readme_first_edit_example_runs_as_written",
     "mlflow run .": "tests/test_mlproject.py::test_the_readmes_mlflow_run_creates_exactly_one_finished_run",
     "mlflow ui": "tests/test_browser.py (mlflow ui in headless Chromium)",

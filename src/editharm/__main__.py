@@ -25,7 +25,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--config-dir", action="append", default=[], metavar="DIR",
                         help="a folder of your own config files, looked up before the shipped ones (repeatable; "
                              "also $EDITHARM_CONFIG_PATH)")
-    parser.add_argument("--quiet", "-q", action="store_true", help="print only errors, the final results table and where to open the run")
+    parser.add_argument("--quiet", "-q", action="store_true",
+                        help="print only errors, the final results table and where to open the run")
     sub = parser.add_subparsers(dest="command", required=True)
     p_edit = sub.add_parser("edit", help="apply edits and measure them in one MLflow run")
     p_edit.add_argument("overrides", nargs="*", help="group=name or dotted.key=value, e.g. method=ft edits.n=4")

@@ -3,7 +3,7 @@ transformers' banners (before they are imported: their progress-bar switches are
 printed at the end of every edit, evaluate and experiment run (`editharm.progress` says what a run is doing).
 
     console.setup(quiet=False)                  # the CLI; a library user configures `logging` as they like
-    print(console.results(run_id, uri))
+    print(console.results(collect(uri, [run_id])))
 
 Library code logs through `logging.getLogger(__name__)` (names under `editharm`), never `print`.
 """
@@ -50,12 +50,12 @@ class _Stderr(logging.StreamHandler):
         pass
 
 
-def results(run_id: str, uri: str) -> str:
-    """The table a run ends with: per task and line, the headline score at the first and the last evaluation, the
-    paired difference with its 95 % interval and the verdict; then per line the edit metrics and perplexity."""
-    from editharm.report import collect, document
+def results(got) -> str:
+    """The table a run ends with, from its lines read back (`report.collect.collect`): per task and line, the
+    headline score at the first and the last evaluation, the paired difference with its 95 % interval and the
+    verdict; then per line the edit metrics and perplexity."""
+    from editharm.report import document
 
-    got = collect.collect(uri, [run_id])
     rows = []
     for panel in got.panels:
         if panel.task is None:

@@ -11,8 +11,6 @@ Nothing here opens an MLflow run or imports mlflow unless `track=` asks for a ru
 """
 from __future__ import annotations
 
-import logging
-
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -24,8 +22,6 @@ from editharm.evaluators import EditEvaluator, PerplexityEvaluator, headline
 from editharm.module import EditModule
 from editharm.tasks import load_task
 from editharm.tasks.evaluator import TaskEvaluator
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -124,9 +120,7 @@ def evaluate(model, tokenizer, tasks: Sequence[str] = C.TASKS, protocol: str = "
                             "probe": {"perplexity": perplexity}, "data_dir": data_dir})
     loaded, probe = load_tasks(cfg)
     loaded = chats.wrap_tasks(loaded, chats.wrapper(cfg.model, tokenizer))
-    for name, n in limits.fit_tasks(loaded, tokenizer, limits.context_length(model)).items():
-        log.warning(f"task {name}: {n} prompts longer than the model's {limits.context_length(model)} positions "
-                    "keep their last tokens")
+    limits.fit_tasks(loaded, tokenizer, limits.context_length(model))  # truncated prompts: a warning per task
     limits.check_probe(cfg.probe, limits.context_length(model))
     module = EditModule(cfg, model, tokenizer, ability_evaluators(cfg, tokenizer, loaded, probe), n_requests=0)
     if not track:

@@ -13,10 +13,12 @@ truncation) before the first edit.
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 from editharm.errors import DataError
 from editharm.tasks.likelihood import gold_text
 
+log = logging.getLogger(__name__)
 TEMPLATE_SLACK = 2
 """Tokens beyond a context template's generated length (its joining ". " and the space before the prompt)."""
 
@@ -55,8 +57,9 @@ def check_requests(requests: list, tok, limit: int | None, margin: int = 0) -> N
 
 def fit_tasks(tasks: list, tok, limit: int | None) -> dict[str, int]:
     """Make every task item fit: prompt + its longest continuation (the longest choice; or the generated tokens or
-    the gold answer scored on the prompt's cache, whichever is longer) within `limit`. Tasks with `truncate: left` keep the prompt's last tokens; others fail naming the item.
-    Returns the number of truncated items per task (tasks with none left out)."""
+    the gold answer scored on the prompt's cache, whichever is longer) within `limit`. Tasks with `truncate: left`
+    keep the prompt's last tokens (a warning says how many); others fail naming the item. Returns the number of
+    truncated items per task (tasks with none left out)."""
     counts: dict[str, int] = {}
     if limit is None:
         return counts
@@ -79,6 +82,8 @@ def fit_tasks(tasks: list, tok, limit: int | None) -> dict[str, int]:
                 counts[spec.name] = counts.get(spec.name, 0) + 1
             items.append(it)
         task.items = items
+    for name, n in counts.items():
+        log.warning(f"task {name}: {n} prompts longer than the model's {limit} positions keep their last tokens")
     return counts
 
 

@@ -25,7 +25,6 @@ from editharm.data import EditRequest, data_dir
 from editharm.errors import EditharmError
 from editharm.evaluators import EditEvaluator, Evaluator, headline
 from editharm.nethook import get_module, get_parameter, is_transposed
-
 from editharm.placement import input_device, is_spread, weight_device
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import logging
-
 import warnings
 from pathlib import Path
 
@@ -58,15 +57,15 @@ def _trainer(cfg, logger, model, every: int = 1, n_requests: int = 0):
     from editharm.progress import Progress
 
     kind, devices = accelerator(cfg.device)
-    placed = {}
+    strategy = "auto"
     if cfg.devices > 1:  # spawned ranks: the run this process opened stays the one they log to
-        devices, placed = cfg.devices, {"strategy": "ddp_spawn"}
+        devices, strategy = cfg.devices, "ddp_spawn"
     if placement.is_spread(model):  # accelerate placed it: Lightning must not move it
-        where = placement.strategy(model)
-        kind, devices, placed = ("gpu" if where.root_device.type == "cuda" else where.root_device.type), 1, \
-            {"strategy": where}
-    return L.Trainer(accelerator=kind, devices=devices, logger=logger, max_epochs=1, val_check_interval=every, **placed,
-                     callbacks=[Progress(n_requests)], enable_progress_bar=False, num_sanity_val_steps=0, enable_checkpointing=False, enable_model_summary=False,
+        strategy, devices = placement.strategy(model), 1
+        kind = {"cuda": "gpu"}.get(strategy.root_device.type, strategy.root_device.type)
+    return L.Trainer(accelerator=kind, devices=devices, strategy=strategy, logger=logger, max_epochs=1,
+                     val_check_interval=every, callbacks=[Progress(n_requests)], enable_progress_bar=False,
+                     num_sanity_val_steps=0, enable_checkpointing=False, enable_model_summary=False,
                      inference_mode=False, use_distributed_sampler=False, log_every_n_steps=1)
 
 
@@ -77,8 +76,7 @@ def _fit(cfg, model, tok, logger, tasks, requests) -> None:
     limit = limits.context_length(model)
     limits.check_requests(requests, tok, limit, limits.request_margin(cfg.method))
     limits.check_probe(cfg.probe, limit)
-    for name, n in limits.fit_tasks(tasks, tok, limit).items():
-        log.warning(f"task {name}: {n} prompts longer than the model's {limit} positions keep their last tokens")
+    for name, n in limits.fit_tasks(tasks, tok, limit).items():  # (each also a warning)
         tracking.set_tags(logger, {f"task.{name}.truncated": n})
 
 
@@ -167,10 +165,8 @@ def edit(argv: list[str], parent=None, run_name: str | None = None, tags: dict[s
                                 metrics=not resume.final_logged(logger))  # may have logged them)
             tracking.log_edited_model(logger, module.model, tok, checkpoint=cfg.tracking.log_checkpoint,
                                       mlflow_model=cfg.tracking.log_model, step=module.n_edits)
-            if cfg.tracking.log_report and parent is None:
-                _own_report(logger)
-            if parent is None:
-                _print_results(logger)
+            if parent is None:  # a grid's cell: the grid reports on all of them at its end
+                _end_of_run(logger, _own_report if cfg.tracking.log_report else None)
         except stopping.Stopped as err:
             last = module.history[-1][0] if module.history and cfg.tracking.log_state else None
             err.message = (f"{err}: run {logger.run_id} is KILLED; continue it with `editharm edit resume="
@@ -206,28 +202,37 @@ def _resume_arg(argv: list[str]) -> tuple[str | None, list[str]]:
     return (picked[0] if picked else None), rest
 
 
-def _own_report(logger) -> None:
-    """An edit run's own `report/` (tests skip it: tests/conftest.py)."""
-    _report_into(logger)
-
-
-def _print_results(logger) -> None:
-    """The results table on stdout (`console.results`); a failed read-back is a warning, never a failed run."""
-    from editharm import console
+def _end_of_run(logger, draw=None) -> None:
+    """The run (an edit or evaluate run, or a grid's parent) read back from the store once: its `report/` drawn by
+    `draw` (`_own_report`, `_report_into`) when given, then the results table printed (`console.results`). A
+    failure is a warning (and the tag `report.error`), never a failed run: the work is logged."""
+    from editharm import console, tracking
+    from editharm.report.collect import collect
 
     try:
-        print(console.results(logger.run_id, logger._tracking_uri), flush=True)
+        got = collect(logger._tracking_uri, [logger.run_id])
     except Exception as err:  # noqa: BLE001
-        log.warning(f"the results table could not be read back ({type(err).__name__}: {err})")
+        log.warning(f"the run could not be read back for its report and results table ({type(err).__name__}: "
+                    f"{err}); retry with `editharm report {logger.run_id}`")
+        tracking.set_tags(logger, {"report.error": f"{type(err).__name__}: {err}"[:5000]})
+        return
+    if draw is not None:
+        draw(logger, got)
+    print(console.results(got), flush=True)
 
 
-def _report_into(logger) -> None:
-    """The `report/` of the run `logger` holds (an edit run, or a grid's parent); a drawing failure is printed and
-    tagged, never fails the work that finished."""
+def _own_report(logger, got) -> None:
+    """An edit run's own `report/` (tests skip it: tests/conftest.py)."""
+    _report_into(logger, got)
+
+
+def _report_into(logger, got=None) -> None:
+    """The `report/` of the run `logger` holds (an edit run, or a grid's parent), from `got` when it was read back
+    already; a drawing failure is a warning and a tag, never fails the work that finished."""
     from editharm import tracking
 
     try:
-        report([logger.run_id], logger._tracking_uri, into=logger.run_id)
+        report([logger.run_id], logger._tracking_uri, into=logger.run_id, got=got)
     except Exception as err:  # noqa: BLE001
         log.warning(f"the report could not be drawn ({type(err).__name__}: {err}); "
                     f"retry with `editharm report {logger.run_id}`")
@@ -250,8 +255,9 @@ def evaluate(argv: list[str]) -> str:
         _fit(cfg, model, tok, logger, tasks, requests=[])
         evaluators = evaluation.ability_evaluators(cfg, tok, tasks, probe)
         module = EditModule(cfg, model, tok, evaluators, n_requests=0)
-        _trainer(cfg, logger, model).validate(module, datamodule=data.EditDataModule([], 1, evaluators), verbose=False)
-        _print_results(logger)
+        dm = data.EditDataModule([], 1, evaluators)
+        _trainer(cfg, logger, model).validate(module, datamodule=dm, verbose=False)
+        _end_of_run(logger, draw=None)
         return logger.run_id
 
 
@@ -309,19 +315,19 @@ def experiment(name: str, argv: list[str]) -> str:
 
     try:
         return experiments.run(name, argv, edit=edit, setup=lambda cell: _setup(cell, edits=True)[0],
-                               report=lambda parent: (_report_into(parent), _print_results(parent)))
+                               report=lambda parent: _end_of_run(parent, _report_into))
     except stopping.Stopped as err:  # the parent and the running cell are KILLED (tracking.start)
         err.message = (f"{err}: the grid's parent run and its running cell are KILLED; run the same command again "
                        "to continue (finished cells are skipped)")
         raise
 
 
-def report(run_ids: list[str], uri: str | None = None, into: str | None = None) -> str:
-    """Draw the report of `run_ids` (an experiment's parent run, or edit runs) and log it under `report/` of
-    `into` (default: the parent, or a new report run); returns the run that holds it."""
+def report(run_ids: list[str], uri: str | None = None, into: str | None = None, got=None) -> str:
+    """Draw the report of `run_ids` (an experiment's parent run, or edit runs; `got`: them, read back already) and
+    log it under `report/` of `into` (default: the parent, or a new report run); returns the run that holds it."""
     from editharm.report import build
 
-    return build.report(run_ids, uri, into)
+    return build.report(run_ids, uri, into, got)
 
 
 def _quiet_lightning() -> None:

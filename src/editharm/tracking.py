@@ -184,7 +184,7 @@ def host() -> dict[str, str]:
     names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
              if line.startswith("model name")] if info.exists() else []
     cpu = f"{names[0] if names else platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return {"host.cpu": cpu, "host.gpu": ", ".join(gpus) or "none"}
 
 

@@ -13,7 +13,6 @@ weighs each request the same). Padded label positions never enter the loss.
 from __future__ import annotations
 
 import logging
-
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Optional

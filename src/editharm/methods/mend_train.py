@@ -18,7 +18,6 @@ artifact (`runs:/<id>/mend`).
 from __future__ import annotations
 
 import logging
-
 import math
 import random
 import tempfile

@@ -54,13 +54,14 @@ def write(got: Collected, out: Path) -> list[str]:
     return list(drawn)
 
 
-def report(run_ids: list[str], uri: str | None = None, into: str | None = None) -> str:
-    """Report on `run_ids` (an experiment's parent run, or edit runs) and log it under `report/` of `into`
-    (default: the parent run, else a new `report` run in the first run's experiment); returns that run's id."""
+def report(run_ids: list[str], uri: str | None = None, into: str | None = None, got: Collected | None = None) -> str:
+    """Report on `run_ids` (an experiment's parent run, or edit runs; `got`: their lines, when read back already)
+    and log it under `report/` of `into` (default: the parent run, else a new `report` run in the first run's
+    experiment); returns that run's id."""
     from mlflow import MlflowClient
 
     uri = uri or tracking.tracking_uri()
-    got = collect(uri, run_ids)
+    got = got or collect(uri, run_ids)
     client = MlflowClient(uri)
     first = client.get_run(run_ids[0])
     created = None
