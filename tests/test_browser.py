@@ -124,8 +124,16 @@ def test_the_ui_shows_the_grid_its_report_figure_and_the_logged_model(ui, tmp_pa
 
     groups = dict(re.findall(r">(ability/[a-z0-9_]+)</div>(?:<div[^>]*>)?\((\d+)\)<", charts))
     assert groups == {"ability/sst2": "4", "ability/samsum": "4"}, groups
-    for tab in ("model-metrics", "system-metrics"):
+    # Chromium's virtual-time budget does not wait for the chart bundle over a slow loopback (a loaded machine shows
+    # spinners), so the screenshot is retaken, with one browser profile whose cache keeps what the last try fetched
+    profile = f"--user-data-dir={tmp_path / 'chromium-profile'}"
+    blue = {}
+    for tab in ("system-metrics", "model-metrics"):
         shots[tab] = tmp_path / f"{tab}.png"
-        _browse(f"{run_page}/{tab}?workflowType=machine_learning", f"--screenshot={shots[tab]}", budget=60000)
-    blue = {tab: _coloured(shots[tab], (33, 114, 180), tol=20) for tab in ("model-metrics", "system-metrics")}
+        for _ in range(4):
+            _browse(f"{run_page}/{tab}?workflowType=machine_learning", f"--screenshot={shots[tab]}", profile,
+                    budget=60000)
+            blue[tab] = _coloured(shots[tab], (33, 114, 180), tol=20)
+            if tab == "system-metrics" or blue[tab] > blue["system-metrics"] + 500:
+                break
     assert blue["model-metrics"] > blue["system-metrics"] + 500, f"the charts did not render: {blue}, {shots}"
