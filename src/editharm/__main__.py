@@ -1,5 +1,6 @@
 """Command line: `editharm edit|evaluate|stats|train-mend key=value ...` (also `python -m editharm`),
-`editharm experiment NAME key=value ...`, `editharm report RUN_ID ...`, `editharm checkpoint RUN_ID`. What each command does lives in `editharm.runs`.
+`editharm experiment NAME key=value ...`, `editharm report RUN_ID ...`, `editharm checkpoint RUN_ID`,
+`editharm import-hparams FILE` (`editharm.hparams_import`). What each other command does lives in `editharm.runs`.
 
 Bad input of any kind ends in one `editharm: error: ...` line and exit status 2, with no traceback;
 a run already opened (or handed to us by `mlflow run`) is marked FAILED. SIGTERM or SIGINT stops a run
@@ -46,6 +47,14 @@ def parser() -> argparse.ArgumentParser:
     p_ckpt.add_argument("run_id")
     p_ckpt.add_argument("--out", required=True, help="directory to write the checkpoint to")
     p_ckpt.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+    p_imp = sub.add_parser("import-hparams", help="an EasyEdit hparams YAML (ROME, MEMIT, KN, MEND, FT) as a model and "
+                                                  "a method config of ours, with a table of what became of every key")
+    p_imp.add_argument("file", help="EasyEdit's hparams/<ALG>/<model>.yaml")
+    p_imp.add_argument("--out", default=".", metavar="DIR", help="config folder to write model/<name>.yaml and "
+                       "method/<method>/<name>.yaml into (default: the current folder); then --config-dir DIR")
+    p_imp.add_argument("--model", default=None, metavar="HUB_ID_OR_DIR",
+                       help="the model, where the file's model_name is not a folder here (default: its model_name)")
+    p_imp.add_argument("--force", action="store_true", help="overwrite files of DIR that hold other values")
     return parser
 
 
@@ -69,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
             command = {"edit": runs.edit, "evaluate": runs.evaluate, "stats": runs.statistics,
                        "train-mend": runs.train_mend}[args.command]
             log.info(f"run {command(args.overrides)} finished")
+        elif args.command == "import-hparams":
+            from editharm import hparams_import
+
+            print(hparams_import.command(args.file, args.out, args.model, args.force))
         elif args.command == "report":
             print(f"editharm: report logged to run {runs.report(args.run_ids, args.tracking_uri)} (artifacts: report/)")
         else:
