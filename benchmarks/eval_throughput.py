@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from editharm.tasks import load_task
 from editharm.tasks.evaluator import TaskEvaluator
 from editharm.tasks.inference import continuation_logprobs, generate
 from editharm.tasks.likelihood import gold_text
-from editharm.tasks.task import read_docs, stable_subset
+from editharm.tasks.task import stable_subset
 
 from floor import Forward, gemm_peak
 
@@ -83,38 +82,27 @@ def run_two_pass(model, tok, task, ours: dict, batch_size: int) -> dict:
             "gold_logprob_max_diff": max(diffs), "gold_logprob_mean_diff": sum(diffs) / len(diffs)}
 
 
-LM_EVAL_YAML = {  # lm-evaluation-harness task definitions over our local files (json loader)
-    "sst2": ('{{sentence}}\\nQuestion: Is this sentence positive or negative?\\nAnswer:', '["negative", "positive"]', "{{label}}"),
-    "rte": ('{{premise}}\\nQuestion: {{hypothesis}} True or False?\\nAnswer:', '["True", "False"]',
-            "{{0 if label == 'entailment' else 1}}"),
-    "boolq": ('{{passage}}\\nQuestion: {{question}}?\\nAnswer:', '["no", "yes"]', "{{1 if label == 'true' else 0}}"),
-}
-
-
 def run_lm_eval(model, tok, name: str, task, root: Path, batch_size: int) -> dict:
-    """Score the same documents with lm-eval's multiple-choice path; returns accuracy, time, per-doc preds."""
+    """Score the same documents with lm-eval's multiple-choice path and its own HF model, over the package's lm-eval
+    definition of the task (`configs/task/lm_eval/<name>_local.yaml`, the same local file); returns accuracy, time,
+    per-doc preds in our items' order."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
-    docs = read_docs(task.spec, root)
-    with tempfile.TemporaryDirectory() as tmp:
-        subset = [docs[i] for i in stable_subset(len(docs), len(task.items), f"{name}:0")]
-        (Path(tmp) / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in subset))
-        text, choices, target = LM_EVAL_YAML[name]
-        (Path(tmp) / f"eh_{name}.yaml").write_text(
-            f"task: eh_{name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    validation: {tmp}/docs.jsonl\n"
-            f"output_type: multiple_choice\nvalidation_split: validation\ndoc_to_text: \"{text}\"\n"
-            f"doc_to_choice: '{choices}'\ndoc_to_target: \"{target}\"\nmetric_list:\n  - metric: acc\n")
-        lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size)
-        t0 = time.perf_counter()
-        out = lm_eval.simple_evaluate(model=lm, tasks=[f"eh_{name}"], task_manager=TaskManager(include_path=tmp),
-                                      log_samples=True, num_fewshot=0)
-        seconds = time.perf_counter() - t0
-    samples = out["samples"][f"eh_{name}"]
-    preds = {s["doc_id"]: max(range(len(s["filtered_resps"])), key=lambda k: s["filtered_resps"][k][0]) for s in samples}
-    return {"seconds": seconds, "per_s": len(subset) / seconds, "acc": out["results"][f"eh_{name}"]["acc,none"],
-            "preds": [preds[i] for i in range(len(subset))]}
+    from editharm.tasks import lm_eval_task
+
+    local = f"{name}_local"
+    theirs = lm_eval_task.build(lm_eval_task.task_manager([f"lm_eval:{local}"], []), local, root)
+    ids = stable_subset(len(theirs.eval_docs), len(task.items), f"{name}:0")  # our subset, in our items' order
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size)
+    t0 = time.perf_counter()
+    out = lm_eval.simple_evaluate(model=lm, tasks=[theirs], samples={local: ids}, log_samples=True, num_fewshot=0)
+    seconds = time.perf_counter() - t0
+    samples = out["samples"][local]
+    preds = {s["doc_id"]: max(range(len(s["filtered_resps"])), key=lambda k: s["filtered_resps"][k][0])
+             for s in samples}
+    return {"seconds": seconds, "per_s": len(ids) / seconds, "acc": out["results"][local]["acc,none"],
+            "preds": [preds[i] for i in ids]}
 
 
 def main() -> None:

@@ -89,6 +89,6 @@ def test_portability_questions_are_read_from_the_papers_zsre_file_and_ours(share
                                  ["The capital of Peru lies in", " South America"]]},
         {**base, "portability": 7}])
     with pytest.raises(DataError, match=r"line 2: field portability: a portability pair is \[question, answer\]"):
-        data.parse_jsonl(path, data.OUR_FIELDS)
+        data.read_requests(path, "editharm")
     (first,) = data.requests_of([{**base, "portability": [["q1", " a1"], {"New Question": "q2", "New Answer": " a2"}]}])
     assert first.portability == (("q1", " a1"), ("q2", " a2"))

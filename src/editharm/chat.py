@@ -46,6 +46,7 @@ def wrap_requests(requests: list[EditRequest], wrap: Wrap | None) -> list[EditRe
         return requests
     return [dataclasses.replace(r, prompt=wrap(r.prompt), rephrase=r.rephrase and wrap(r.rephrase),
                                 locality_prompt=r.locality_prompt and wrap(r.locality_prompt),
+                                more_locality=tuple((wrap(q), a) for q, a in r.more_locality),
                                 portability=tuple((wrap(q), a) for q, a in r.portability)) for r in requests]
 
 

@@ -79,7 +79,12 @@ class ModelConfig:
 @dataclass
 class EditsConfig:
     dataset: str = "zsre"
-    """`zsre`, `counterfact`, or a path to a JSONL file of {prompt, subject, target_new, ...} records."""
+    """`zsre`, `counterfact`, or a path to a .json (array) or .jsonl file of edit records in one of the formats
+    of `format`."""
+    format: str = "auto"
+    """Record format of a file given as `dataset`: `auto` (detected from the first record's fields), `editharm`
+    (ours: prompt, subject, target_new, ...), `zsre` (the paper's, MEND's, EasyEdit's), `counterfact` (EasyEdit's),
+    `knowedit` or `mquake`."""
     split: str = "edit"
     """CounterFact split file to draw edits from (`edit`, `train` or `val`)."""
     n: int = 10
@@ -96,6 +101,17 @@ class EditsConfig:
     """Seed of the request selection and order."""
     eval_batch_size: int = 16
     """Requests per forward pass when scoring edit metrics."""
+    generate: bool = False
+    """Also score what the model generates (greedy), logged beside the teacher-forced metrics: `*_says_new` (the
+    new target occurs in the `gen_tokens` tokens generated after the prompt or paraphrase), `*_says_old` (the old
+    answer still does) and `fluency` (ROME's n-gram entropy of `fluency_tokens` tokens generated from each
+    `fluency_templates` filled with the request's subject)."""
+    gen_tokens: int = 16
+    """`generate`: tokens generated after each prompt and paraphrase."""
+    fluency_templates: list[str] = field(default_factory=lambda: ["{} is", "{} is known for"])
+    """`generate`: prompts about the edited subject ("{}") whose continuations are scored for fluency."""
+    fluency_tokens: int = 64
+    """`generate`: tokens generated from each fluency template."""
     max_rel_fro: Optional[float] = None
     """Collapse guard: an edit step whose ‖ΔW‖_F/‖W‖_F exceeds this on any weight is reported (tag, metric
     `edit/skipped`) and not applied. Non-finite deltas are always refused."""
@@ -115,9 +131,16 @@ TASKS = ("gsm8k", "rte", "nq_open", "boolq", "mutual", "samsum", "conll03", "sst
 @dataclass
 class TasksConfig:
     names: list[str] = field(default_factory=lambda: list(TASKS))
-    """General-ability tasks run in the validation loop (`configs/task/<protocol>/<name>.yaml`)."""
+    """General-ability tasks run in the validation loop (`configs/task/<protocol>/<name>.yaml`); `lm_eval:<task>`
+    runs an lm-evaluation-harness task (`pip install 'editharm[lm-eval]'`) on the same weights."""
+    lm_eval_include: list[str] = field(default_factory=list)
+    """Folders of lm-evaluation-harness task YAMLs for `lm_eval:<task>` names, searched before lm-eval's own tasks
+    (its `--include_path`); `task/lm_eval/` on the config search path is always searched."""
     protocol: str = "gu2024"
     """`gu2024` (the paper's files and prompts, its bugs fixed) or `harness` (lm-evaluation-harness practice)."""
+    reuse: bool = True
+    """Reuse the unedited model's evaluation (step 0) when the same weights, data, settings and code scored it
+    before (cache_dir/evaluations/; every cell of a grid starts from the same weights); false scores it again."""
     limit: Optional[int] = 100
     """Examples per task (a seeded, stable, nested subset); null for the full sets."""
     seed: int = 0
@@ -449,9 +472,12 @@ def validate(cfg: DictConfig) -> None:
                           "cuda) or CPU processes (device=cpu), so not with device=cuda:N or model.device_map")
     choice("model.dtype", cfg.model.dtype, DTYPES)
     choice("tasks.dtype", cfg.tasks.dtype, DTYPES)
-    for key in ("n", "batch_size", "eval_every", "eval_batch_size"):
+    for key in ("n", "batch_size", "eval_every", "eval_batch_size", "gen_tokens", "fluency_tokens"):
         if e[key] < 1:
             raise ConfigError(f"edits.{key} must be >= 1, got {e[key]}")
+    bad = [t for t in e.fluency_templates if t.count("{}") != 1]
+    if bad or not e.fluency_templates:
+        raise ConfigError(f"edits.fluency_templates: each template holds the subject as one '{{}}', got {bad or '[]'}")
     if e.mode == "batch":
         if e.batch_size not in (1, e.n):
             raise ConfigError(f"edits.mode=batch applies one batch of edits.n={e.n} requests; "

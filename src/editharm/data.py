@@ -1,25 +1,29 @@
-"""Edit requests (ZsRE, CounterFact, a user's JSONL), validated before any compute, and the DataModule.
+"""Edit requests (ZsRE, CounterFact, a user's file in any of `edit_formats`), validated before any compute, and the
+DataModule.
 
     requests = load_requests(cfg.edits, data_dir(cfg.data_dir))
 
 Every record is checked (required fields present, non-empty target, subject inside the prompt); all bad
-records are reported at once with their line numbers.
+records are reported at once with their line numbers (or array indices).
 """
 from __future__ import annotations
 
-import json
+import dataclasses
+import logging
 import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
 import lightning as L
 from torch.utils.data import DataLoader
 
+from editharm import edit_formats
 from editharm.config import EditsConfig
 from editharm.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,37 +40,36 @@ class EditRequest:
     case_id: str = ""
     portability: tuple[tuple[str, str], ...] = ()
     """(question, answer) pairs whose answer must change with the edit (multi-hop, reasoning): the edit's reach."""
+    more_locality: tuple[tuple[str, str], ...] = ()
+    """Further (prompt, answer) pairs whose answer must not change (a record's second and later locality pairs)."""
+
+    @property
+    def localities(self) -> tuple[tuple[str, str], ...]:
+        """Every (prompt, answer) pair whose answer must not change."""
+        first = ((self.locality_prompt, self.locality_answer),) if self.locality_prompt else ()
+        return first + self.more_locality
 
 
 @dataclass(frozen=True)
 class EditSource:
-    """Where a named edit dataset lives under the data directory, and how its fields map onto ours."""
+    """Where a named edit dataset lives under the data directory, and its record format (`edit_formats`)."""
 
     folder: str
     splits: MappingProxyType
-    fields: MappingProxyType
+    format: str
     success: bool
     """Whether P(new) > P(old) ("success") is part of this dataset's protocol."""
 
 
-OUR_FIELDS = {f: f for f in ("prompt", "subject", "target_new", "ground_truth", "rephrase",
-                             "locality_prompt", "locality_answer", "case_id", "portability")}
+OUR_FIELDS = edit_formats.OURS
 REQUIRED = ("prompt", "subject", "target_new")
 EDIT_SOURCES = MappingProxyType({
     # The paper's 1,037-record edit set; `pred` is what the paper passes as the old answer.
     "zsre": EditSource("zsre", MappingProxyType({"edit": "zsre_mend_eval_portability_gpt4.jsonl",
-                                                 "train": "zsre_mend_train-1k.jsonl"}),
-                       MappingProxyType({"prompt": "src", "subject": "subject", "target_new": "alt",
-                                         "ground_truth": "pred", "rephrase": "rephrase",
-                                         "locality_prompt": "loc", "locality_answer": "loc_ans",
-                                         "portability": "portability"}),
-                       success=False),
-    "counterfact": EditSource("counterfact", MappingProxyType({s: f"counterfact-{s}.jsonl" for s in ("edit", "train", "val")}),
-                              MappingProxyType({"prompt": "prompt", "subject": "subject", "target_new": "target_new",
-                                                "ground_truth": "ground_truth", "rephrase": "rephrase_prompt",
-                                                "locality_prompt": "locality_prompt",
-                                                "locality_answer": "locality_ground_truth", "case_id": "case_id"}),
-                              success=True),
+                                                 "train": "zsre_mend_train-1k.jsonl"}), "zsre", success=False),
+    "counterfact": EditSource("counterfact", MappingProxyType({s: f"counterfact-{s}.jsonl"
+                                                               for s in ("edit", "train", "val")}),
+                              "counterfact", success=True),
 })
 
 
@@ -81,16 +84,19 @@ def data_dir(configured: str | None) -> Path | None:
     return path
 
 
-def edit_file(cfg: EditsConfig, root: Path | None) -> tuple[Path, MappingProxyType, bool]:
-    """`(path, field map, success protocol)` of the configured edit dataset."""
-    if cfg.dataset.endswith(".jsonl"):
+def edit_file(cfg: EditsConfig, root: Path | None) -> tuple[Path, str, bool | None]:
+    """`(path, record format, success protocol)` of the configured edit dataset (format `auto`: detected on
+    reading; success `None`: decided by the records)."""
+    if cfg.format != "auto" and cfg.format not in edit_formats.FORMATS:
+        raise DataError(f"unknown edits.format {cfg.format!r}; valid: auto, {', '.join(edit_formats.FORMATS)}")
+    if cfg.dataset not in EDIT_SOURCES:
         path = Path(cfg.dataset).expanduser()
+        if path.suffix not in (".json", ".jsonl"):
+            raise DataError(f"unknown edits.dataset {cfg.dataset!r}; valid: {', '.join(EDIT_SOURCES)} or a path to a "
+                            f".json or .jsonl file of edit records (formats: {', '.join(edit_formats.FORMATS)})")
         if not path.is_file():
             raise DataError(f"edits.dataset file {path} does not exist")
-        return path, MappingProxyType(OUR_FIELDS), None
-    if cfg.dataset not in EDIT_SOURCES:
-        raise DataError(f"unknown edits.dataset {cfg.dataset!r}; valid: {', '.join(EDIT_SOURCES)} "
-                        "or a path to a .jsonl file of {prompt, subject, target_new, ...} records")
+        return path, cfg.format, None
     src = EDIT_SOURCES[cfg.dataset]
     if cfg.split not in src.splits:
         raise DataError(f"edits.split={cfg.split!r} is not a split of {cfg.dataset}; valid: {', '.join(src.splits)}")
@@ -100,134 +106,112 @@ def edit_file(cfg: EditsConfig, root: Path | None) -> tuple[Path, MappingProxyTy
                         f"format: set EDITHARM_DATA_DIR (or data_dir=...) to a folder holding {rel}")
     if not (root / rel).is_file():
         raise DataError(f"{rel} not found in the data directory {root}")
-    return root / rel, src.fields, src.success
+    return root / rel, src.format, src.success
 
 
 def load_requests(cfg: EditsConfig, root: Path | None) -> tuple[list[EditRequest], bool]:
     """The `cfg.n` selected requests (all records validated first) and whether `success` applies."""
-    path, fields, success = edit_file(cfg, root)
-    requests = parse_jsonl(path, fields)
-    if success is None:  # a user's file: success needs an old answer on every record
-        success = all(r.ground_truth for r in requests)
+    path, fmt, success = edit_file(cfg, root)
+    requests, form = read_file(path, fmt)
+    if success is None:  # a user's file: its format's protocol, else success needs an old answer on every record
+        success = form.success if form.success is not None else all(r.ground_truth for r in requests)
     if cfg.n > len(requests):
-        raise DataError(f"edits.n={cfg.n} but {path} holds only {len(requests)} records")
+        raise DataError(f"edits.n={cfg.n} but {path} holds only {len(requests)} requests")
     order = random.Random(cfg.seed).sample(range(len(requests)), cfg.n) if cfg.shuffle else range(cfg.n)
     return [requests[i] for i in order], success
 
 
-def parse_jsonl(path: Path, fields: MappingProxyType, skipped: list[int] | None = None) -> list[EditRequest]:
-    """All records of a JSONL file as `EditRequest`s; raises `DataError` listing every bad line. With a
-    `skipped` list, records with an empty target are left out and their line numbers appended there instead
-    (MEND's training data skips them)."""
-    requests, errors = [], []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+def read_requests(path: Path, fmt: str = "auto", skipped: list[str] | None = None) -> list[EditRequest]:
+    """`read_file`'s requests."""
+    return read_file(path, fmt, skipped)[0]
+
+
+def read_file(path: Path, fmt: str = "auto", skipped: list[str] | None = None
+              ) -> tuple[list[EditRequest], edit_formats.EditFormat]:
+    """All records of a JSONL file or JSON array in format `fmt` (`auto`: detected) as `EditRequest`s; raises
+    `DataError` listing every bad record; fields the format does not read are reported in one warning. With a
+    `skipped` list, records with an empty target are left out and their locations appended there instead (MEND's
+    training data skips them)."""
+    records, errors = edit_formats.read_records(path)
+    form = edit_formats.detect(records, path) if fmt == "auto" else edit_formats.FORMATS[fmt]
+    unknown, unused = edit_formats.unmapped(records, form)
+    if unknown:
+        log.warning(f"{path} ({form.name} format): fields not read, so not measured: "
+                    + ", ".join(f"{k} ({n} records)" for k, n in unknown.items())
+                    + f"; read: {', '.join(sorted(form.used))}")
+    if unused:
+        log.info(f"{path} ({form.name} format) leaves out by design: "
+                 + "; ".join(f"{k} ({form.unused[k]})" for k in unused))
+    requests = []
+    for where, record in records:
+        try:
+            if not isinstance(record, dict):
+                raise ValueError("a record must be a JSON object")
+            made = [_request(c, default_id=where.split()[-1]) for c in form.convert(record)]
+        except ValueError as err:
+            if skipped is not None and str(err).startswith("empty target"):
+                skipped.append(where)
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                errors.append(f"line {lineno}: not valid JSON ({err.msg})")
-                continue
-            problem = _check(record, fields)
-            if problem and skipped is not None and problem.startswith("empty target"):
-                skipped.append(lineno)
-                continue
-            if problem:
-                errors.append(f"line {lineno}: {problem}")
-                continue
-            values = {ours: record.get(theirs) for ours, theirs in fields.items() if ours != "portability"}
-            values = {k: (str(v) if v is not None else None) for k, v in values.items()}
-            values["case_id"] = values.get("case_id") or str(lineno)
-            values["portability"] = portability_pairs(record.get(fields.get("portability", "")))
-            requests.append(EditRequest(**values))
+            errors.append(f"{where}: {err}")
+            continue
+        requests += made
     if errors:
+        errors.sort(key=lambda e: int(e.split()[1].rstrip(":")))
         shown = "\n  ".join(errors[:50]) + (f"\n  ... and {len(errors) - 50} more" if len(errors) > 50 else "")
-        raise DataError(f"{len(errors)} bad edit record(s) in {path}:\n  {shown}")
+        raise DataError(f"{len(errors)} bad edit record(s) in {path} ({form.name} format):\n  {shown}")
     if not requests:
         raise DataError(f"{path} holds no records")
-    return requests
+    return requests, form
+
+
+def _request(c: dict, default_id: str) -> EditRequest:
+    """An `EditRequest` from a canonical record (`edit_formats`), checked; `ValueError` says what is wrong."""
+    for key in REQUIRED:
+        if c.get(key) is None:
+            raise ValueError(f"missing required field {key}")
+        if not isinstance(c[key], str):
+            raise ValueError(f"field {key} must be a string, got {type(c[key]).__name__}")
+    if not c["target_new"].strip():
+        raise ValueError("empty target (target_new)")
+    if not c["subject"].strip():
+        raise ValueError("empty subject")
+    if c["subject"] not in c["prompt"]:
+        raise ValueError(f"subject {c['subject']!r} does not occur in prompt {c['prompt']!r}")
+    pairs = [tuple(p) for p in c.get("locality") or []]
+    for question, answer in pairs:
+        if not question.strip() or not answer.strip():
+            raise ValueError(f"an empty locality prompt or answer in {(question, answer)!r}")
+    return EditRequest(prompt=c["prompt"], subject=c["subject"], target_new=c["target_new"],
+                       ground_truth=c.get("ground_truth"), rephrase=c.get("rephrase"),
+                       locality_prompt=pairs[0][0] if pairs else None, locality_answer=pairs[0][1] if pairs else None,
+                       more_locality=tuple(pairs[1:]), case_id=str(c.get("case_id") or default_id),
+                       portability=tuple(tuple(p) for p in c.get("portability") or ()))
 
 
 def requests_of(records) -> list[EditRequest]:
     """`EditRequest`s from EditRequests or plain dicts with our field names (prompt, subject, target_new; optional
-    ground_truth, rephrase, locality_prompt, locality_answer, case_id), checked as a JSONL file's records are: one
-    `DataError` naming every bad record."""
+    ground_truth, rephrase, locality_prompt, locality_answer (strings, or lists of the same length), more_locality,
+    case_id, portability), checked as a file's records are: one `DataError` naming every bad record."""
     if isinstance(records, (EditRequest, dict)):
         records = [records]
     out, errors = [], []
     for i, record in enumerate(records):
         if isinstance(record, EditRequest):
-            record = {k: getattr(record, k) for k in OUR_FIELDS}
-        unknown = sorted(set(record) - set(OUR_FIELDS)) if isinstance(record, dict) else []
-        problem = f"unknown field(s) {unknown}; valid: {', '.join(OUR_FIELDS)}" if unknown else _check(record, OUR_FIELDS)
-        if problem:
-            errors.append(f"request {i}: {problem}")
-            continue
-        out.append(EditRequest(**{**record, "case_id": str(record.get("case_id") or i),
-                                  "portability": portability_pairs(record.get("portability"))}))
+            record = dataclasses.asdict(record)
+        try:
+            if not isinstance(record, dict):
+                raise ValueError("a request must be a dict or an EditRequest")
+            unknown = sorted(set(record) - OUR_FIELDS)
+            if unknown:
+                raise ValueError(f"unknown field(s) {unknown}; valid: {', '.join(sorted(OUR_FIELDS))}")
+            out += [_request(c, default_id=str(i)) for c in edit_formats.FORMATS["editharm"].convert(record)]
+        except ValueError as err:
+            errors.append(f"request {i}: {err}")
     if errors:
         raise DataError(f"{len(errors)} bad edit request(s):\n  " + "\n  ".join(errors))
     if not out:
         raise DataError("no edit requests given")
     return out
-
-
-def _check(record: Any, fields: MappingProxyType) -> str | None:
-    if not isinstance(record, dict):
-        return "a record must be a JSON object"
-    missing = [fields[k] for k in REQUIRED if fields[k] not in record]
-    if missing:
-        return f"missing required field(s) {', '.join(missing)}"
-    prompt, subject, target = (record[fields[k]] for k in REQUIRED)
-    for key, value in zip(REQUIRED, (prompt, subject, target)):
-        if not isinstance(value, str):
-            return f"field {fields[key]} must be a string, got {type(value).__name__}"
-    if not target.strip():
-        return f"empty target ({fields['target_new']})"
-    if not subject.strip():
-        return f"empty subject ({fields['subject']})"
-    if subject not in prompt:
-        return f"subject {subject!r} does not occur in prompt {prompt!r}"
-    for key in ("rephrase", "locality_prompt", "locality_answer", "ground_truth"):
-        value = record.get(fields.get(key, ""))
-        if value is not None and not isinstance(value, str):
-            return f"field {fields[key]} must be a string, got {type(value).__name__}"
-    if bool(record.get(fields.get("locality_prompt", ""))) != bool(record.get(fields.get("locality_answer", ""))):
-        return "locality prompt and locality answer must be given together"
-    try:
-        portability_pairs(record.get(fields.get("portability", "")))
-    except ValueError as err:
-        return f"field {fields['portability']}: {err}"
-    return None
-
-
-PAIR_KEYS = (("prompt", "answer"), ("New Question", "New Answer"), ("prompt", "ground_truth"))
-"""The (question, answer) keys of a portability object: ours, the paper's zsRE file, EasyEdit's."""
-
-
-def portability_pairs(value: Any) -> tuple[tuple[str, str], ...]:
-    """A record's portability questions as (question, answer) pairs: none; one object or a list of them (with one
-    of `PAIR_KEYS`); or [question, answer] lists. `ValueError` says what a pair must look like."""
-    if value is None or value == () or value == []:
-        return ()
-    items = value if isinstance(value, (list, tuple)) and not _is_pair(value) else [value]
-    out = []
-    for item in items:
-        if isinstance(item, dict):
-            keys = next((k for k in PAIR_KEYS if k[0] in item and k[1] in item), None)
-            if keys is None:
-                raise ValueError(f"a portability object needs one of the key pairs {PAIR_KEYS}, got {sorted(item)}")
-            item = (item[keys[0]], item[keys[1]])
-        if not _is_pair(item):
-            raise ValueError(f"a portability pair is [question, answer] or an object, got {item!r}")
-        out.append((item[0], item[1]))
-    return tuple(out)
-
-
-def _is_pair(value: Any) -> bool:
-    return (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, str) and v.strip()
-                                                                        for v in value))
 
 
 def read_probe_text(root: Path | None, n_chars: int) -> str:

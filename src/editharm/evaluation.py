@@ -20,8 +20,9 @@ from editharm import data, limits, models
 from editharm.errors import ConfigError
 from editharm.evaluators import EditEvaluator, PerplexityEvaluator, headline
 from editharm.module import EditModule
-from editharm.tasks import load_task
+from editharm.tasks import lm_eval_task, load_task
 from editharm.tasks.evaluator import TaskEvaluator
+from editharm.tasks.lm_eval_evaluator import LmEvalEvaluator
 
 
 @dataclass
@@ -66,16 +67,19 @@ class Results:
 
 def ability_evaluators(cfg: C.RunConfig, tok, tasks: list, probe: str | None) -> list:
     """The ability tasks' evaluators and the perplexity probe's, as `cfg.tasks` and `cfg.probe` configure them."""
-    out = [TaskEvaluator(task, tok, cfg.tasks.batch_size, cfg.tasks.dtype, cfg.tasks.batch_tokens) for task in tasks]
+    out = [(LmEvalEvaluator if isinstance(task, lm_eval_task.LmEvalTask) else TaskEvaluator)(
+        task, tok, cfg.tasks.batch_size, cfg.tasks.dtype, cfg.tasks.batch_tokens) for task in tasks]
     if probe is not None:
         out.append(PerplexityEvaluator(tok, probe, cfg.probe.n_tokens, cfg.probe.chunk_tokens))
     return out
 
 
 def load_tasks(cfg: C.RunConfig) -> tuple[list, str | None]:
-    """The configured tasks and the probe's text, read and checked before compute."""
-    root = data.data_dir(cfg.data_dir)
-    tasks = [load_task(name, cfg.tasks.protocol, root, cfg.tasks.limit, cfg.tasks.seed) for name in cfg.tasks.names]
+    """The configured tasks (`lm_eval:<task>` ones first: lm-eval's) and the probe's text, read and checked before
+    compute."""
+    root, t = data.data_dir(cfg.data_dir), cfg.tasks
+    theirs = lm_eval_task.load_all(t.names, t.lm_eval_include, root, t.limit, t.seed)
+    tasks = [theirs.get(name) or load_task(name, t.protocol, root, t.limit, t.seed) for name in t.names]
     probe = data.read_probe_text(root, cfg.probe.n_tokens * 8) if cfg.probe.perplexity else None
     return tasks, probe
 

@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import hashlib
 import math
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric, Metric, SumMetric
 
-from editharm import scoring
+from editharm import says, scoring
 from editharm.data import EditRequest
+from editharm.says import Generation
+from editharm.tasks.inference import generate
 
 
 class Evaluator(nn.Module):
     name: str
     prefix: str
+    replayed: bool = False
 
     def dataloader(self) -> DataLoader:
         raise NotImplementedError
@@ -57,6 +61,20 @@ class Evaluator(nn.Module):
     def load_baseline(self, state: dict) -> None:
         """Measure later evaluations against `state` (another evaluator's `baseline_state`, same data)."""
 
+    def replay_key(self) -> str | None:
+        """What this evaluator's scores depend on besides the weights and the code (its data as scored, its
+        settings), for `editharm.replay`; None: never replayed."""
+        return None
+
+    def recording(self) -> Any:
+        """What `replay` needs to give the last evaluation's numbers again, taken before `reset`."""
+        raise NotImplementedError
+
+    def replay(self, record: Any) -> None:
+        """Update the metrics with a recorded evaluation's per-example outputs instead of scoring; the batches of
+        this evaluation are then skipped (`replayed`)."""
+        raise NotImplementedError
+
     def series(self) -> tuple[str, ...] | None:
         """The metric names (without the prefix) a run plots as MLflow series; the others (intervals, secondary
         scores) are kept in the evaluation's table artifact only (`tracking.log_evaluation`). None: every one."""
@@ -88,26 +106,36 @@ class EditEvaluator(Evaluator):
     - `*_token_acc`: share of target tokens predicted (argmax) given the gold prefix;
     - `*_success` (CounterFact-style data): P(new) > P(old) by mean per-token NLL; for locality,
       P(locality answer) > P(new) on the neighbourhood prompt;
-    - `locality_unchanged`: share of the locality answer's argmax tokens equal to the pre-edit ones;
+    - `locality_unchanged`: share of the locality answer's argmax tokens equal to the pre-edit ones (a request with
+      several locality pairs: the mean over its pairs, each listed in its row's `locality`; so for `_success`);
     - `portability_token_acc` (requests with portability questions): the token accuracy of each question's answer,
-      as generalization's, averaged over a request's questions, then over requests.
+      as generalization's, averaged over a request's questions, then over requests;
+    - with `generation` (`edits.generate=true`): `efficacy_says_new` / `generalization_says_new`, whether the new
+      target occurs in the greedy continuation of the prompt / paraphrase, `*_says_old` the old answer, and
+      `fluency`, ROME's n-gram entropy of text generated about the subject (`says`).
     """
 
     name = "edit"
 
-    def __init__(self, requests: list[EditRequest], dataset: str, success: bool, batch_size: int):
+    def __init__(self, requests: list[EditRequest], dataset: str, success: bool, batch_size: int,
+                 generation: Generation | None = None):
         super().__init__()
         self.requests = requests
         self.prefix = f"edit/{dataset}"
         self.success = success
         self.batch_size = batch_size
+        self.generation = generation
         keys = ["efficacy_token_acc", "generalization_token_acc", "locality_unchanged"]
         if success:
             keys += ["efficacy_success", "generalization_success", "locality_success"]
         if any(r.portability for r in requests):
             keys.append("portability_token_acc")
+        if generation is not None:
+            keys += ["efficacy_says_new", "generalization_says_new", "fluency"]
+            if any(r.ground_truth for r in requests):
+                keys += ["efficacy_says_old", "generalization_says_old"]
         self.metrics = nn.ModuleDict({k: MeanMetric() for k in keys})
-        self.pre_locality: dict[int, tuple[int, ...]] = {}
+        self.pre_locality: dict[tuple[int, int], tuple[int, ...]] = {}
         self.rows: list[dict] = []
 
     def dataloader(self) -> DataLoader:
@@ -128,13 +156,39 @@ class EditEvaluator(Evaluator):
             sub_rows, sub = zip(*with_re)
             self._score(sub_rows, "generalization", model, tok, [r.rephrase for r in sub], sub,
                         old=[r.ground_truth for r in sub])
-        with_loc = [(i, row, r) for i, row, r in zip(idx, rows, reqs) if r.locality_prompt]
+        with_loc = [(i, row, r) for i, row, r in zip(idx, rows, reqs) if r.localities]
         if with_loc:
             self._locality(with_loc, model, tok)
         with_port = [(row, r) for row, r in zip(rows, reqs) if r.portability]
         if with_port:
             self._portability(with_port, model, tok)
+        if self.generation is not None:
+            self._generated(rows, reqs, model, tok)
         self.rows.extend(rows)
+
+    def _generated(self, rows, reqs, model, tok) -> None:
+        """Greedy generations after each prompt and paraphrase (does the new answer occur, does the old one), and
+        from each fluency template filled with the subject (n-gram entropy, averaged per request)."""
+        g = self.generation
+        for kind, field in (("efficacy", "prompt"), ("generalization", "rephrase")):
+            items = [(row, r) for row, r in zip(rows, reqs) if getattr(r, field)]
+            texts = generate(model, tok, [getattr(r, field) for _, r in items], g.max_new_tokens,
+                             batch_size=self.batch_size)
+            for (row, r), text in zip(items, texts):
+                row[f"{kind}_generated"] = text
+                row[f"{kind}_says_new"] = float(says.says_answer(text, r.target_new))
+                self.metrics[f"{kind}_says_new"].update(row[f"{kind}_says_new"])
+                if r.ground_truth:
+                    row[f"{kind}_says_old"] = float(says.says_answer(text, r.ground_truth))
+                    self.metrics[f"{kind}_says_old"].update(row[f"{kind}_says_old"])
+        prompts = [t.format(r.subject) for r in reqs for t in g.fluency_templates]
+        texts = generate(model, tok, prompts, g.fluency_tokens, batch_size=self.batch_size)
+        k = len(g.fluency_templates)
+        for j, row in enumerate(rows):
+            mine = texts[j * k:(j + 1) * k]
+            row["fluency_texts"] = mine
+            row["fluency"] = sum(says.n_gram_entropy(t) for t in mine) / k
+            self.metrics["fluency"].update(row["fluency"])
 
     def _portability(self, items, model, tok) -> None:
         pairs = [(row, q, a) for row, r in items for q, a in r.portability]
@@ -159,20 +213,28 @@ class EditEvaluator(Evaluator):
                 self.metrics[f"{kind}_success"].update(row[f"{kind}_success"])
 
     def _locality(self, items, model, tok) -> None:
-        idx, rows, reqs = zip(*items)
-        prompts = [r.locality_prompt for r in reqs]
-        answers = scoring.score(model, tok, prompts, [r.locality_answer for r in reqs], self.batch_size)
-        for i, row, prompt, s in zip(idx, rows, prompts, answers):
-            before = self.pre_locality.setdefault(i, s.predicted)  # first sight is the unedited model
+        """Every (prompt, answer) pair of each request; a request's scores are the means over its pairs."""
+        pairs = [(i, j, row, r, q, a) for i, row, r in items for j, (q, a) in enumerate(r.localities)]
+        answers = scoring.score(model, tok, [q for *_, q, _ in pairs], [a for *_, a in pairs], self.batch_size)
+        news = (scoring.score(model, tok, [q for *_, q, _ in pairs], [r.target_new for _, _, _, r, _, _ in pairs],
+                              self.batch_size) if self.success else [None] * len(pairs))
+        for (i, j, row, _, q, _), s, s_new in zip(pairs, answers, news):
+            before = self.pre_locality.setdefault((i, j), s.predicted)  # first sight is the unedited model
             same = sum(a == b for a, b in zip(before, s.predicted)) / len(before)
-            row.update(locality_prompt=prompt, locality_predicted=tok.decode(list(s.predicted)),
-                       locality_unchanged=same)
-            self.metrics["locality_unchanged"].update(same)
-        if self.success:
-            news = scoring.score(model, tok, prompts, [r.target_new for r in reqs], self.batch_size)
-            for row, s_ans, s_new in zip(rows, answers, news):
-                row["locality_success"] = float(s_ans.nll < s_new.nll)
+            one = {"prompt": q, "predicted": tok.decode(list(s.predicted)), "unchanged": same}
+            if s_new is not None:
+                one["success"] = float(s.nll < s_new.nll)
+            row.setdefault("locality", []).append(one)
+        for _, row, _ in items:
+            got = row["locality"]
+            row.update(locality_prompt=got[0]["prompt"], locality_predicted=got[0]["predicted"],
+                       locality_unchanged=sum(g["unchanged"] for g in got) / len(got))
+            self.metrics["locality_unchanged"].update(row["locality_unchanged"])
+            if self.success:
+                row["locality_success"] = sum(g["success"] for g in got) / len(got)
                 self.metrics["locality_success"].update(row["locality_success"])
+            if len(got) == 1:  # one pair: its prompt, prediction and scores are the row's own
+                del row["locality"]
 
     def compute(self) -> tuple[dict[str, float], list[dict]]:
         metrics = {k: float(m.compute()) for k, m in self.metrics.items() if m.update_called}
@@ -185,26 +247,38 @@ class EditEvaluator(Evaluator):
 
     def resume_state(self) -> dict:
         """The locality baseline (first-sight predictions) and, in single mode, the running means and rows."""
-        return {"pre_locality": dict(self.pre_locality), "rows": list(self.rows),
+        return {"pre_locality": _keyed(self.pre_locality), "rows": list(self.rows),
                 "metrics": {k: metric_state(m) for k, m in self.metrics.items()}}
 
     def baseline_state(self) -> dict:
-        """The locality answers' predicted tokens, by request index."""
-        return {"pre_locality": dict(self.pre_locality)}
+        """The locality answers' predicted tokens, by request index and pair index ("i:j")."""
+        return {"pre_locality": _keyed(self.pre_locality)}
 
     def data_key(self) -> str:
         """The requests, in order (locality baselines are matched by index)."""
-        fields = [(r.prompt, r.subject, r.target_new, r.locality_prompt, r.locality_answer) for r in self.requests]
+        fields = [(r.prompt, r.subject, r.target_new, r.locality_prompt, r.locality_answer) + r.more_locality
+                  for r in self.requests]
         return f"{self.prefix}:{hashlib.sha256(repr(fields).encode()).hexdigest()[:16]}"
 
     def load_baseline(self, state: dict) -> None:
-        self.pre_locality = {int(i): tuple(p) for i, p in state["pre_locality"].items()}
+        self.pre_locality = _unkeyed(state["pre_locality"])
 
     def load_resume_state(self, state: dict) -> None:
-        self.pre_locality = {int(i): tuple(p) for i, p in state["pre_locality"].items()}
+        self.pre_locality = _unkeyed(state["pre_locality"])
         self.rows = list(state["rows"])
         for k, m in self.metrics.items():
             load_metric_state(m, state["metrics"][k])
+
+
+def _keyed(pre: dict[tuple[int, int], tuple[int, ...]]) -> dict[str, list[int]]:
+    """The locality baseline with JSON keys: "i:j" for request i's pair j."""
+    return {f"{i}:{j}": list(p) for (i, j), p in pre.items()}
+
+
+def _unkeyed(state: dict) -> dict[tuple[int, int], tuple[int, ...]]:
+    """`_keyed` undone; a key "i" (runs stored before several pairs per request) is pair 0."""
+    return {tuple(int(x) for x in (f"{k}:0" if ":" not in str(k) else k).split(":")): tuple(p)
+            for k, p in state.items()}
 
 
 class PerplexityEvaluator(Evaluator):
@@ -228,6 +302,8 @@ class PerplexityEvaluator(Evaluator):
         return DataLoader(self.chunks, batch_size=self.batch_size)
 
     def update(self, module, batch: torch.Tensor) -> None:
+        if self.replayed:
+            return
         logits = module.model(input_ids=batch).logits[:, :-1].float()
         nll = nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="sum")
         self.nll.update(nll.to(self.nll.device))  # where the metric's state is (the model may run on a GPU)
@@ -239,3 +315,16 @@ class PerplexityEvaluator(Evaluator):
     def reset(self) -> None:
         self.nll.reset()
         self.count.reset()
+        self.replayed = False
+
+    def replay_key(self) -> str:
+        ids = hashlib.sha256(self.chunks.numpy().tobytes()).hexdigest()[:16]
+        return f"perplexity:{tuple(self.chunks.shape)}:{ids}:{self.batch_size}"
+
+    def recording(self) -> tuple[float, float]:
+        return float(self.nll.compute()), float(self.count.compute())
+
+    def replay(self, record: tuple[float, float]) -> None:
+        self.nll.update(torch.tensor(record[0], dtype=torch.float64, device=self.nll.device))
+        self.count.update(record[1])
+        self.replayed = True

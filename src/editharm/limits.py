@@ -39,13 +39,15 @@ def request_margin(method_cfg) -> int:
 
 
 def check_requests(requests: list, tok, limit: int | None, margin: int = 0) -> None:
-    """Every scored text of every request (prompt, paraphrase and locality prompt, each with its answer) fits in
-    `limit` tokens with `margin` to spare; else one error naming the first record that does not."""
+    """Every scored text of every request (prompt, paraphrase, locality prompts and portability questions, each with
+    its answer) fits in `limit` tokens with `margin` to spare; else one error naming the first record that does not."""
     if limit is None:
         return
     for i, r in enumerate(requests):
-        for field, text, answer in (("prompt", r.prompt, r.target_new), ("rephrase", r.rephrase, r.target_new),
-                                    ("locality_prompt", r.locality_prompt, r.locality_answer)):
+        texts = [("prompt", r.prompt, r.target_new), ("rephrase", r.rephrase, r.target_new)]
+        texts += [("locality prompt", q, a) for q, a in r.localities]
+        texts += [("portability question", q, a) for q, a in r.portability]
+        for field, text, answer in texts:
             if not text:
                 continue
             n = len(tok(f"{text} {answer or ''}")["input_ids"])

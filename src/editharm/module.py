@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from editharm import deltas as D
-from editharm import guards, limits, models, registry, resume, stats, tracking
+from editharm import guards, limits, models, registry, replay, resume, stats, tracking
 from editharm.config import RunConfig
 from editharm.data import EditRequest, data_dir
 from editharm.errors import EditharmError
@@ -83,6 +83,9 @@ class EditModule(L.LightningModule):
         """Training-step metrics since the last evaluation: logged with its state (`editharm.resume`), so a run
         resumed from that state never logs a step twice."""
         self._resumed: dict | None = None
+        self._replay_keys: dict[int, str] = {}
+        """At the first evaluation: each replayable evaluator's key (`editharm.replay`)."""
+        self._replay_cache = models.cache_root(cfg.cache_dir) / "evaluations"
         self._tags: dict[str, str] = {}
         self.originals: dict[str, torch.Tensor] | None = None
         """When a dict (the Python API sets one): each parameter's value before its first applied delta."""
@@ -304,6 +307,20 @@ class EditModule(L.LightningModule):
         for twin in self._copies.values():
             for mine, theirs in zip(twin.parameters(), self.model.parameters()):
                 mine.copy_(theirs)
+        one_process = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+        if not self.history and self.cfg.tasks.reuse and one_process:  # the unedited weights: scored before?
+            self._replay_keys = {}
+            part = replay.model_key(self.model, self.cfg)
+            for i, ev in enumerate(self.evaluators):
+                if (own := ev.replay_key()) is not None:
+                    self._replay_keys[i] = replay.key(part, own)
+                    record = replay.load(self._replay_cache, self._replay_keys[i])
+                    if record is not None:
+                        ev.replay(record)
+            reused = [ev.name for ev in self.evaluators if ev.replayed]
+            if reused:
+                log.info(f"evaluation after 0 edits: {', '.join(reused)} reused from an earlier evaluation of the "
+                         "same weights, data, settings and code (tasks.reuse=false scores them again)")
 
     def on_validation_epoch_end(self) -> None:
         step, first = self.n_edits, not self.history
@@ -329,8 +346,10 @@ class EditModule(L.LightningModule):
         if not self.history:
             self.constants = {f"{ev.prefix}/{k}": v for ev in self.evaluators for k, v in ev.constants().items()}
         metrics, due = {}, {}
-        for ev in self.evaluators:
+        for i, ev in enumerate(self.evaluators):
             values, rows = ev.compute()
+            if i in self._replay_keys and not ev.replayed:  # the first evaluation: recorded for the next run
+                replay.save(self._replay_cache, self._replay_keys[i], ev.recording())
             metrics.update({f"{ev.prefix}/{k}": v for k, v in values.items()})
             keep = running and isinstance(ev, EditEvaluator)
             if rows and (not keep or step == self.n_requests):
@@ -338,6 +357,7 @@ class EditModule(L.LightningModule):
             if not keep:
                 ev.reset()
         metrics["time/eval_s"] = time.perf_counter() - self._eval_t0
+        self._replay_keys = {}
         self.history.append((step, metrics))
         self.undo_pending()
         return metrics, due

@@ -119,6 +119,7 @@ def edit(argv: list[str], parent=None, run_name: str | None = None, tags: dict[s
     from editharm import data, evaluation, resume, stopping, tracking
     from editharm.building import build
     from editharm.evaluators import EditEvaluator
+    from editharm.says import Generation
 
     resumed, argv = _resume_arg(argv)
     if resumed and parent is not None:
@@ -141,8 +142,10 @@ def edit(argv: list[str], parent=None, run_name: str | None = None, tags: dict[s
         model, tok = _model(cfg)
         tasks, requests = _chat(cfg, tok, tasks, requests)
         _fit(cfg, model, tok, logger, tasks, requests)
-        dataset = Path(e.dataset).stem if e.dataset.endswith(".jsonl") else e.dataset
-        evaluators = [EditEvaluator(requests, _metric_name(dataset), success, e.eval_batch_size),
+        dataset = Path(e.dataset).stem if e.dataset.endswith((".json", ".jsonl")) else e.dataset
+        generation = (Generation(e.gen_tokens, tuple(e.fluency_templates), e.fluency_tokens) if e.generate
+                      else None)
+        evaluators = [EditEvaluator(requests, _metric_name(dataset), success, e.eval_batch_size, generation),
                       *evaluation.ability_evaluators(cfg, tok, tasks, probe)]
         module = build(cfg, model, tok, evaluators, len(requests), logger)  # MEND: its network resolved first
         _memory(cfg, model, module, logger)

@@ -17,9 +17,9 @@ EVAL_SETS = (("zsre", "edit"), ("counterfact", "edit"))
 def records(dataset: str, split: str, root) -> tuple[list[data.EditRequest], int]:
     """A split's records (those with an empty target skipped, as MEND does) and how many were skipped; every
     record must carry a paraphrase and a locality prompt/answer."""
-    path, fields, _ = data.edit_file(EditsConfig(dataset=dataset, split=split), root)
-    skipped: list[int] = []
-    rows = data.parse_jsonl(path, fields, skipped)
+    path, fmt, _ = data.edit_file(EditsConfig(dataset=dataset, split=split), root)
+    skipped: list[str] = []
+    rows = data.read_requests(path, fmt, skipped)
     bad = [i for i, r in enumerate(rows) if not (r.rephrase and r.locality_prompt and r.locality_answer)]
     if bad:
         raise DataError(f"MEND training needs a paraphrase and a locality prompt/answer on every record; "
@@ -75,8 +75,8 @@ def evaluation_prompts(root) -> set[str]:
     prompts: set[str] = set()
     for dataset, split in EVAL_SETS:
         try:
-            path, fields, _ = data.edit_file(EditsConfig(dataset=dataset, split=split), root)
+            path, fmt, _ = data.edit_file(EditsConfig(dataset=dataset, split=split), root)
         except DataError:
             continue
-        prompts |= {r.prompt for r in data.parse_jsonl(path, fields, [])}
+        prompts |= {r.prompt for r in data.read_requests(path, fmt, [])}
     return prompts

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from mlflow.exceptions import MlflowException
 
 from editharm import grid
+from editharm.tasks.lm_eval_task import is_lm_eval, metric_name
 
 PERPLEXITY = "probe/perplexity"
 EDIT_KINDS = ("efficacy", "generalization", "locality", "portability")
@@ -68,8 +69,10 @@ def primary_key(task: str, protocol: str, logged: set[str]) -> str:
 
     try:
         return f"ability/{task}/{lookup(METRICS, load_spec(task, protocol).metric, 'metric').primary}"
-    except EditharmError:
+    except EditharmError:  # an lm-eval task, or a task whose config is gone: the first score it logged
         found = [f"ability/{task}/{h}" for h in HEADLINES if f"ability/{task}/{h}" in logged]
+        found += sorted(k for k in logged if k.startswith(f"ability/{task}/") and k.count("/") == task.count("/") + 2
+                        and not k.endswith(("_delta", "_ci_low", "_ci_high")) and "/gold_" not in k)
         return found[0] if found else f"ability/{task}/accuracy"
 
 
@@ -79,6 +82,7 @@ def panels_of(runs: list) -> list[Panel]:
     for run in runs:
         protocol = run.data.tags.get("protocol", protocol)
         for t in json.loads(run.data.params.get("tasks.names", "[]")):
+            t = metric_name(t) if is_lm_eval(t) else t  # where an lm-eval task logs
             if t not in tasks:
                 tasks.append(t)
     logged = {k for run in runs for k in run.data.metrics}

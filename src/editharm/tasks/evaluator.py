@@ -38,12 +38,18 @@ class TaskEvaluator(Evaluator):
         self.batch_size = batch_size
         self.batch_tokens = batch_tokens
         self.dtype = getattr(torch, dtype)
-        self.metric = lookup(METRICS, task.spec.metric, "metric")()
+        self.metric = self.make_metric()
         self.likelihood = GoldLikelihood(CHOICE_STATS if task.spec.kind == "choice" else GENERATE_STATS)
         self.has_baseline = False
         self.lengths = {it.index: len(tok(it.prompt)["input_ids"]) for it in task.items}
         self.items = sorted(task.items, key=lambda it: (-self.lengths[it.index], it.index))
         self.rows: list[dict] = []
+        self.golds: list[tuple] = []
+        """Each row's gold-answer statistics, as the likelihood metric was updated with them (for `recording`)."""
+
+    def make_metric(self):
+        """The task's per-example metric (an `ExampleMetric`): the registered one its spec names."""
+        return lookup(METRICS, self.task.spec.metric, "metric")()
 
     def dataloader(self) -> DataLoader:
         items = self.items
@@ -53,6 +59,8 @@ class TaskEvaluator(Evaluator):
         return DataLoader(batches, batch_size=None, collate_fn=list)
 
     def update(self, module, batch: list[Item]) -> None:
+        if self.replayed:
+            return
         spec = self.task.spec
         prompts = [it.prompt for it in batch]
         model = module.scoring_model(self.dtype)
@@ -74,6 +82,7 @@ class TaskEvaluator(Evaluator):
         for it, out, p, g in zip(batch, outputs, parsed, gold):
             self.rows.append({"index": it.index, "prompt": it.prompt, "output": out, "parsed": p,
                               "gold": it.target, "score": self.metric.example(p, it.target)[0], "gold_logprob": g[0]})
+        self.golds.extend(gold)
 
     def compute(self) -> tuple[dict[str, float], list[dict]]:
         """Scores, intervals and, after the first evaluation, paired deltas from it; `n` is a constant."""
@@ -105,6 +114,25 @@ class TaskEvaluator(Evaluator):
         self.metric.reset()
         self.likelihood.reset()
         self.rows = []
+        self.golds = []
+        self.replayed = False
+
+    def replay_key(self) -> str | None:
+        """The data as scored (prompts after any chat template or truncation, targets) and the scoring settings."""
+        if dist.is_available() and dist.is_initialized():
+            return None  # each process holds a share of the rows
+        items = hashlib.sha256(repr([(it.index, it.prompt, it.target, it.choices) for it in self.items]).encode())
+        return f"{self.data_key()}:{items.hexdigest()[:16]}:{self.dtype}:{self.batch_size}:{self.batch_tokens}"
+
+    def recording(self) -> dict:
+        return {"rows": list(self.rows), "golds": list(self.golds)}
+
+    def replay(self, record: dict) -> None:
+        rows = record["rows"]
+        self.metric.update([r["index"] for r in rows], [r["parsed"] for r in rows], [r["gold"] for r in rows])
+        self.likelihood.update([r["index"] for r in rows], record["golds"])
+        self.rows, self.golds = list(rows), list(record["golds"])
+        self.replayed = True
 
     def resume_state(self) -> dict:
         """The step-0 rows the paired deltas are measured from."""

@@ -162,22 +162,24 @@ def _greedy(model, tok, cache, mask, pos, nxt: torch.Tensor, max_new_tokens: int
 
 @torch.no_grad()
 def choice_logliks(model: nn.Module, tok, contexts: list[str], choices: list[list[str]],
-                   batch_size: int = 16) -> list[list[float]]:
+                   batch_size: int = 16, greedy: bool = False) -> list[list]:
     """Sum of log P(choice tokens | context) for every choice of every context (choices carry their own
-    leading delimiter, e.g. " True")."""
+    leading delimiter, e.g. " True"); with `greedy`, `(sum, whether greedy decoding would produce the choice)`."""
     device = input_device(model)
     ctx = [tok(c)["input_ids"] for c in contexts]
     cont = [[tok(c, add_special_tokens=False)["input_ids"] for c in cs] for cs in choices]
     order = sorted(range(len(contexts)), key=lambda i: -len(ctx[i]))
-    out: list[list[float]] = [[] for _ in contexts]
+    out: list[list] = [[] for _ in contexts]
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         for i, scores in zip(chunk, _score_chunk(model, tok, [ctx[i] for i in chunk], [cont[i] for i in chunk], device)):
-            out[i] = scores
+            out[i] = scores if greedy else [s for s, _ in scores]
     return out
 
 
-def _score_chunk(model, tok, ctx: list[list[int]], cont: list[list[list[int]]], device) -> list[list[float]]:
+def _score_chunk(model, tok, ctx: list[list[int]], cont: list[list[list[int]]],
+                 device) -> list[list[tuple[float, bool]]]:
+    """(sum of log-probs, all tokens the argmax) of every continuation of every context in one batch."""
     ids, mask = pad(ctx, tok, device, left=True)
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
     first = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
@@ -185,6 +187,8 @@ def _score_chunk(model, tok, ctx: list[list[int]], cont: list[list[list[int]]], 
     owner = [d for d, cs in enumerate(cont) for _ in cs]
     flat = [c for cs in cont for c in cs]
     scores = [float(last[d, c[0]]) for d, c in zip(owner, flat)]
+    picks = last.argmax(-1).tolist()
+    greedy = [picks[d] == c[0] for d, c in zip(owner, flat)]
     longest = max(len(c) for c in flat)
     if longest > 1:  # the rest of each choice, fed on a copy of its context's cache
         feed = torch.full((len(flat), longest - 1), pad_id(tok), dtype=torch.long)
@@ -197,12 +201,14 @@ def _score_chunk(model, tok, ctx: list[list[int]], cont: list[list[list[int]]], 
         feed_pos = pos[idx, -1:] + 1 + torch.arange(longest - 1, device=device)
         logp = model(input_ids=feed.to(device), attention_mask=feed_mask, position_ids=feed_pos,
                      past_key_values=cache).logits.float().log_softmax(-1)
+        rest = logp.argmax(-1).tolist()
         for j, c in enumerate(flat):
             for t in range(1, len(c)):
                 scores[j] += float(logp[j, t - 1, c[t]])
-    per_doc: list[list[float]] = [[] for _ in cont]
-    for d, s in zip(owner, scores):
-        per_doc[d].append(s)
+            greedy[j] = greedy[j] and rest[j][:len(c) - 1] == c[1:]
+    per_doc: list[list[tuple[float, bool]]] = [[] for _ in cont]
+    for d, s, g in zip(owner, scores, greedy):
+        per_doc[d].append((s, g))
     return per_doc
 
 
