@@ -176,6 +176,15 @@ def _no_own_report(request, monkeypatch):
         monkeypatch.setattr("editharm.runs._own_report", lambda logger, got: None)
 
 
+@pytest.fixture(autouse=True)
+def _no_replay(request, monkeypatch):
+    """In-process runs record and replay the unedited evaluation (`editharm.replay`) only in tests marked `replay`:
+    elsewhere a test that patches scoring must see it scored, and no record leaks from one test into another."""
+    if request.node.get_closest_marker("replay") is None:
+        monkeypatch.setattr("editharm.replay.load", lambda cache, k: None)
+        monkeypatch.setattr("editharm.replay.save", lambda cache, k, record: None)
+
+
 @pytest.fixture
 def tracking(tmp_path, monkeypatch) -> str:
     """A private sqlite MLflow store (its artifacts in the test's own ./mlruns: the working directory is the test's

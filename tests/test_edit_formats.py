@@ -173,3 +173,23 @@ def edit_run(argv):
     from editharm.runs import edit
 
     return edit(argv)
+
+
+def test_an_mquake_case_is_kept_whole_and_bad_generation_templates_are_refused(tmp_path):
+    """A case's rewrites must all be applied, in order, before its multi-hop questions are scored: shuffling,
+    single mode and an `edits.n` that cuts a case are refused, naming where whole cases end. A fluency template
+    must take the subject once and nothing else."""
+    from editharm.errors import ConfigError
+
+    path = _array(tmp_path / "MQuAKE-CF-3k.json", [MQUAKE[0], {**MQUAKE[0], "case_id": 8}])
+    assert len(_load(f"edits.dataset={path}", "edits.n=4")[0]) == 4
+    with pytest.raises(DataError, match=r"edits.n=3 cuts case 8 .* whole cases end at edits.n=2 or 4"):
+        _load(f"edits.dataset={path}", "edits.n=3")
+    for bad in ("edits.shuffle=true", "edits=zsre-single"):
+        with pytest.raises(DataError, match="need all of them applied in order"):
+            _load(f"edits.dataset={path}", "edits.n=2", bad)
+    with pytest.raises(DataError, match="edits.format=mquake does not apply to edits.dataset=zsre"):
+        _load("edits=zsre", "edits.format=mquake")
+    for template in ("{name} {}", "{{}}"):
+        with pytest.raises(ConfigError, match="edits.fluency_templates: each template holds the subject as one"):
+            config.load([f"edits.fluency_templates=[{template!r}]"])

@@ -475,9 +475,10 @@ def validate(cfg: DictConfig) -> None:
     for key in ("n", "batch_size", "eval_every", "eval_batch_size", "gen_tokens", "fluency_tokens"):
         if e[key] < 1:
             raise ConfigError(f"edits.{key} must be >= 1, got {e[key]}")
-    bad = [t for t in e.fluency_templates if t.count("{}") != 1]
+    bad = [t for t in e.fluency_templates if t.count("{}") != 1 or not _fills(t)]
     if bad or not e.fluency_templates:
-        raise ConfigError(f"edits.fluency_templates: each template holds the subject as one '{{}}', got {bad or '[]'}")
+        raise ConfigError(f"edits.fluency_templates: each template holds the subject as one '{{}}' and no other "
+                          f"braces, got {bad or '[]'}")
     if e.mode == "batch":
         if e.batch_size not in (1, e.n):
             raise ConfigError(f"edits.mode=batch applies one batch of edits.n={e.n} requests; "
@@ -527,6 +528,14 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"guard.rank must be >= 1 or null (from guard.k), got {g.rank}")
     if cfg.model.source == "hub" and not cfg.model.path:
         raise ConfigError(f"model '{cfg.model.name}' has source=hub but no model.path (hub id or local dir)")
+
+
+def _fills(template: str) -> bool:
+    """Whether `template.format(subject)` works and holds the subject."""
+    try:
+        return "\x00" in template.format("\x00")
+    except (IndexError, KeyError, ValueError):
+        return False
 
 
 def _check_templates(templates: list[str]) -> None:

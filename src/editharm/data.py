@@ -98,6 +98,9 @@ def edit_file(cfg: EditsConfig, root: Path | None) -> tuple[Path, str, bool | No
             raise DataError(f"edits.dataset file {path} does not exist")
         return path, cfg.format, None
     src = EDIT_SOURCES[cfg.dataset]
+    if cfg.format not in ("auto", src.format):
+        raise DataError(f"edits.format={cfg.format} does not apply to edits.dataset={cfg.dataset} (its records are "
+                        f"{src.format}); leave it at auto, or give a file as edits.dataset")
     if cfg.split not in src.splits:
         raise DataError(f"edits.split={cfg.split!r} is not a split of {cfg.dataset}; valid: {', '.join(src.splits)}")
     rel = Path(src.folder) / src.splits[cfg.split]
@@ -117,8 +120,26 @@ def load_requests(cfg: EditsConfig, root: Path | None) -> tuple[list[EditRequest
         success = form.success if form.success is not None else all(r.ground_truth for r in requests)
     if cfg.n > len(requests):
         raise DataError(f"edits.n={cfg.n} but {path} holds only {len(requests)} requests")
+    if form.grouped:
+        _whole_cases(cfg, requests, path)
     order = random.Random(cfg.seed).sample(range(len(requests)), cfg.n) if cfg.shuffle else range(cfg.n)
     return [requests[i] for i in order], success
+
+
+def _whole_cases(cfg: EditsConfig, requests: list[EditRequest], path: Path) -> None:
+    """A case's requests (MQuAKE: case_id "<case>.<k>") are applied together and in order before its multi-hop
+    questions are scored: no shuffling, no reverting between them, no case cut by `edits.n`."""
+    if cfg.shuffle or cfg.mode == "single":
+        raise DataError(f"{path} holds cases of several edits whose multi-hop questions need all of them applied in "
+                        f"order: edits.shuffle=true and edits.mode=single break them up; use the file's order and "
+                        f"a mode that keeps edits")
+    case = lambda r: r.case_id.rsplit(".", 1)[0]  # noqa: E731
+    if cfg.n < len(requests) and case(requests[cfg.n]) == case(requests[cfg.n - 1]):
+        ends = [i + 1 for i in range(len(requests))
+                if i + 1 == len(requests) or case(requests[i + 1]) != case(requests[i])]
+        near = sorted(ends, key=lambda e: abs(e - cfg.n))[:2]
+        raise DataError(f"edits.n={cfg.n} cuts case {case(requests[cfg.n - 1])} of {path} in two (its multi-hop "
+                        f"questions need all its edits); whole cases end at edits.n={' or '.join(map(str, sorted(near)))}")
 
 
 def read_requests(path: Path, fmt: str = "auto", skipped: list[str] | None = None) -> list[EditRequest]:
@@ -139,6 +160,7 @@ def read_file(path: Path, fmt: str = "auto", skipped: list[str] | None = None
         log.warning(f"{path} ({form.name} format): fields not read, so not measured: "
                     + ", ".join(f"{k} ({n} records)" for k, n in unknown.items())
                     + f"; read: {', '.join(sorted(form.used))}")
+    log.info(f"{path}: {form.name} format ({form.origin})")
     if unused:
         log.info(f"{path} ({form.name} format) leaves out by design: "
                  + "; ".join(f"{k} ({form.unused[k]})" for k in unused))

@@ -40,6 +40,8 @@ class EditFormat:
     success: bool | None = None
     """Whether P(new) > P(old) is part of its protocol (the old answer is the true one); None: when every record
     gives an old answer."""
+    grouped: bool = False
+    """A record becomes several requests that must be applied together, in order (MQuAKE's cases)."""
 
 
 def _text(value: Any, field: str) -> str:
@@ -111,9 +113,10 @@ def _ours(r: dict) -> list[dict]:
 
 
 def _zsre(r: dict) -> list[dict]:
-    old = r.get("pred") if r.get("pred") is not None else (r.get("answers") or [None])[0]
+    answers = r.get("answers")
+    old, field = (r.get("pred"), "pred") if r.get("pred") is not None else (answers or None, "answers")
     return [{"prompt": r.get("src"), "subject": r.get("subject"), "target_new": r.get("alt"),
-             "ground_truth": None if old is None else _text(old, "pred"), "rephrase": _optional(r, "rephrase"),
+             "ground_truth": None if old is None else _first_answer(old, field), "rephrase": _optional(r, "rephrase"),
              "case_id": r.get("case_id"), "locality": _pairs(r.get("loc"), r.get("loc_ans"), "loc/loc_ans"),
              "portability": _portability(r.get("portability"), "portability")}]
 
@@ -155,6 +158,11 @@ def _knowedit(r: dict) -> list[dict]:
              "portability": _categories(r.get("portability"), "portability")}]
 
 
+def _entity(value: Any, field: str) -> str:
+    """MQuAKE's {"str": name, "id": Q-id} (or a plain name)."""
+    return _first_answer(value.get("str") if isinstance(value, dict) else value, f"{field}.str")
+
+
 def _mquake(r: dict) -> list[dict]:
     """A case's rewrites become one request each, applied in order; its multi-hop questions, whose answer is the
     case's `new_answer` once all its rewrites are in, are the portability questions of its last request."""
@@ -170,8 +178,8 @@ def _mquake(r: dict) -> list[dict]:
             raise ValueError(f"requested_rewrite[{k}].prompt has no '{{}}' for the subject: {template!r}")
         old = rw.get("target_true")
         out.append({"prompt": template.format(subject), "subject": subject,
-                    "target_new": _first_answer((rw["target_new"] or {}).get("str"), "target_new.str"),
-                    "ground_truth": None if not old else _first_answer(old.get("str"), "target_true.str"),
+                    "target_new": _entity(rw["target_new"], "target_new"),
+                    "ground_truth": None if not old else _entity(old, "target_true"),
                     "rephrase": _optional(rw, "question"), "case_id": f"{r.get('case_id', '')}.{k}",
                     "locality": [], "portability": []})
     questions = r.get("questions") or []
@@ -208,7 +216,7 @@ FORMATS = MappingProxyType({f.name: f for f in (
                                  "(the first form of new_answer is scored)",
                                  "single_hops": "the chain's single-hop questions before the edits",
                                  "new_single_hops": "the single-hop questions after them",
-                                 "orig": "the Wikidata triples"}), _mquake),
+                                 "orig": "the Wikidata triples"}), _mquake, grouped=True),
 )})
 REFUSED = (  # layouts we recognise and do not read, with what to do instead
     (frozenset({"requested_rewrite", "paraphrase_prompts", "neighborhood_prompts"}),

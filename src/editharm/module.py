@@ -83,6 +83,9 @@ class EditModule(L.LightningModule):
         """Training-step metrics since the last evaluation: logged with its state (`editharm.resume`), so a run
         resumed from that state never logs a step twice."""
         self._resumed: dict | None = None
+        self.fresh_weights = False
+        """Whether the weights are the configured model's as loaded (set by `runs`): only then is the first
+        evaluation recorded and replayed (`editharm.replay`); never for a model handed in from Python."""
         self._replay_keys: dict[int, str] = {}
         """At the first evaluation: each replayable evaluator's key (`editharm.replay`)."""
         self._replay_cache = models.cache_root(cfg.cache_dir) / "evaluations"
@@ -308,7 +311,7 @@ class EditModule(L.LightningModule):
             for mine, theirs in zip(twin.parameters(), self.model.parameters()):
                 mine.copy_(theirs)
         one_process = not (torch.distributed.is_available() and torch.distributed.is_initialized())
-        if not self.history and self.cfg.tasks.reuse and one_process:  # the unedited weights: scored before?
+        if not self.history and self.fresh_weights and self.cfg.tasks.reuse and one_process:  # scored before?
             self._replay_keys = {}
             part = replay.model_key(self.model, self.cfg)
             for i, ev in enumerate(self.evaluators):
@@ -319,6 +322,7 @@ class EditModule(L.LightningModule):
                         ev.replay(record)
             reused = [ev.name for ev in self.evaluators if ev.replayed]
             if reused:
+                self.tag("replayed_at_0", ",".join(reused))
                 log.info(f"evaluation after 0 edits: {', '.join(reused)} reused from an earlier evaluation of the "
                          "same weights, data, settings and code (tasks.reuse=false scores them again)")
 

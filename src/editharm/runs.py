@@ -148,6 +148,7 @@ def edit(argv: list[str], parent=None, run_name: str | None = None, tags: dict[s
         evaluators = [EditEvaluator(requests, _metric_name(dataset), success, e.eval_batch_size, generation),
                       *evaluation.ability_evaluators(cfg, tok, tasks, probe)]
         module = build(cfg, model, tok, evaluators, len(requests), logger)  # MEND: its network resolved first
+        module.fresh_weights = not cfg.checkpoint  # the configured model as loaded: its step 0 may be replayed
         _memory(cfg, model, module, logger)
         module.check_requests(requests)
         if state is not None:
@@ -258,6 +259,7 @@ def evaluate(argv: list[str]) -> str:
         _fit(cfg, model, tok, logger, tasks, requests=[])
         evaluators = evaluation.ability_evaluators(cfg, tok, tasks, probe)
         module = EditModule(cfg, model, tok, evaluators, n_requests=0)
+        module.fresh_weights = not cfg.checkpoint
         dm = data.EditDataModule([], 1, evaluators)
         _trainer(cfg, logger, model).validate(module, datamodule=dm, verbose=False)
         _end_of_run(logger, draw=None)

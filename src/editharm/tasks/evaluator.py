@@ -118,11 +118,13 @@ class TaskEvaluator(Evaluator):
         self.replayed = False
 
     def replay_key(self) -> str | None:
-        """The data as scored (prompts after any chat template or truncation, targets) and the scoring settings."""
+        """The data as scored (prompts after any chat template or truncation, targets), the task's spec and the
+        scoring settings."""
         if dist.is_available() and dist.is_initialized():
             return None  # each process holds a share of the rows
         items = hashlib.sha256(repr([(it.index, it.prompt, it.target, it.choices) for it in self.items]).encode())
-        return f"{self.data_key()}:{items.hexdigest()[:16]}:{self.dtype}:{self.batch_size}:{self.batch_tokens}"
+        spec = hashlib.sha256(repr(self.task.spec).encode()).hexdigest()[:16]  # parser, metric, generation, ...
+        return f"{self.data_key()}:{items.hexdigest()[:16]}:{spec}:{self.dtype}:{self.batch_size}:{self.batch_tokens}"
 
     def recording(self) -> dict:
         return {"rows": list(self.rows), "golds": list(self.golds)}
