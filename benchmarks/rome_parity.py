@@ -9,8 +9,8 @@ float32 with EasyEdit's 21 context templates: u, k*, v* − W k* and its loss-ev
 
 Parity: our ROME at the fixture's hyperparameters and templates, float32; per case the relative difference
 ‖ours − ref‖ / ‖ref‖ of u and of v* − W k*, the relative difference and cosine of ΔW, and both loss-evaluation
-counts; the script exits 1 when ΔW or v* − W k* of any case is further than `--tolerance` (1e-5) from the
-reference's. Speed settings (our SmolLM2 defaults, `configs/method/rome/smollm2-135m.yaml`): ΔW under bfloat16
+counts; the script exits 1 when ΔW or v* − W k* of any case is further than `--tolerance` (1e-4; float32
+rounding differs between CPUs) from the reference's. Speed settings (our SmolLM2 defaults, `configs/method/rome/smollm2-135m.yaml`): ΔW under bfloat16
 autocast with the fixture's templates, and ΔW with 11 templates sampled as a run samples them (float32), and
 both together, each against our float32 ΔW with the fixture's templates (cosine, relative difference). Other
 templates alone move ΔW: `21_resampled` (21 templates as ROME draws them, sampled by us, float32) is that
@@ -35,6 +35,10 @@ from editharm.methods._shared import context_templates
 from editharm.methods.rome import edit_vectors
 
 FIXTURE = Path(__file__).parents[1] / "tests" / "fixtures" / "rome-parity"
+# Relative ΔW and v* - W k* difference allowed: float32 rounding differs between CPUs' kernels (<= 5.3e-6 where the
+# fixture was made, 2.5-7.7e-5 on an AVX2-only AMD EPYC with the same code); the output-head drift once fixed was
+# 0.9-1.8e-4 (1.7e-4 on case 6, the case CI checks).
+TOLERANCE = 1e-4
 
 
 def load_fixture(root: Path = FIXTURE) -> tuple[dict, dict[str, torch.Tensor], dict[int, EditRequest]]:
@@ -85,7 +89,7 @@ def main() -> None:
     p.add_argument("--cases", type=int, nargs="*", help="case ids (default: all of the fixture's)")
     p.add_argument("--no-speed-settings", action="store_true", help="parity only")
     p.add_argument("--no-log", action="store_true")
-    p.add_argument("--tolerance", type=float, default=1e-5, help="largest relative difference of v* - W k* and dW")
+    p.add_argument("--tolerance", type=float, default=TOLERANCE, help="largest relative difference of v* - W k* and dW")
     args = p.parse_args()
 
     readme, ref, requests = load_fixture(args.fixture)
