@@ -10,8 +10,8 @@ float32 with EasyEdit's 21 context templates: u, k*, v* − W k* and its loss-ev
 Parity: our ROME at the fixture's hyperparameters and templates, float32; per case the relative difference
 ‖ours − ref‖ / ‖ref‖ of u and of v* − W k*, the relative difference and cosine of ΔW, and both loss-evaluation
 counts; the script exits 1 when ΔW or v* − W k* of any case is further than `--tolerance` (1e-4; float32
-rounding differs between CPUs) from the reference's. Speed settings (our SmolLM2 defaults, `configs/method/rome/smollm2-135m.yaml`): ΔW under bfloat16
-autocast with the fixture's templates, and ΔW with 11 templates sampled as a run samples them (float32), and
+rounding differs between CPUs) from the reference's. Speed settings (our SmolLM2 defaults,
+`configs/method/rome/smollm2-135m.yaml`): ΔW under bfloat16 autocast with the fixture's templates, and ΔW with 11 templates sampled as a run samples them (float32), and
 both together, each against our float32 ΔW with the fixture's templates (cosine, relative difference). Other
 templates alone move ΔW: `21_resampled` (21 templates as ROME draws them, sampled by us, float32) is that
 noise floor for the template comparisons.

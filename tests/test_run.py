@@ -132,7 +132,8 @@ def test_memory_estimate_by_hand(env):
     from editharm import config, memory, models
     from editharm.building import build
 
-    cfg = config.load(["model=tiny-llama", "method=rome", "method.mom2_adjustment=true", "method.v_autocast=bfloat16"])
+    cfg = config.load(["model=tiny-llama", "method=rome", "method.mom2_adjustment=true", "method.v_autocast=bfloat16",
+                       "tasks.dtype=bfloat16"])
     model, tok = models.load(cfg.model, models.cache_root())
     n = sum(p.numel() for p in model.parameters())
     held = memory.estimate(cfg, model, build(cfg, model, tok, [], 0))

@@ -150,10 +150,12 @@ class TasksConfig:
     batch_tokens: int = 4096
     """Padded prompt tokens in one scoring batch (prompts × the longest; the gold's and the choices' tokens
     come on top): long prompts go in small batches, short ones in large, so little of a batch is padding."""
-    dtype: str = "bfloat16"
+    dtype: str = "auto"
     """Precision the tasks are scored in: a copy of the current weights in this dtype, refreshed before
-    every evaluation (bfloat16 prefill is ~4x faster than float32 on CPUs with AMX, and standard on GPUs).
-    `float32` scores the weights themselves. Edit metrics and perplexity always use the model's own dtype."""
+    every evaluation. `auto`: bfloat16 where the device multiplies it natively (GPUs from Ampere on, CPUs with
+    AVX512-BF16 or AMX: ~4x faster prefill than float32 there), float32 elsewhere (an AVX2-only CPU runs bfloat16
+    ~100x slower than float32). `float32` scores the weights themselves. Edit metrics and perplexity always use
+    the model's own dtype."""
 
 
 @dataclass
@@ -374,6 +376,7 @@ def compose(argv: list[str] | tuple[str, ...] = (), model: dict | None = None,
     schema.guard = OmegaConf.structured(_guard_config(raw["guard"].get("name")))
     cfg = _merge(schema, OmegaConf.create(raw), OmegaConf.create(overrides or {}), _dotlist(dotted))
     validate(cfg)
+    resolve_precision(cfg)
     return cfg
 
 
@@ -386,7 +389,21 @@ def recompose(stored: str, dotted: list[str] = ()) -> DictConfig:
     schema.guard = OmegaConf.structured(_guard_config(raw["guard"].get("name")))
     cfg = _merge(schema, OmegaConf.create(raw), _dotlist(list(dotted)))
     validate(cfg)
+    resolve_precision(cfg)
     return cfg
+
+
+def resolve_precision(cfg: DictConfig) -> None:
+    """`tasks.dtype` and `method.v_autocast` set to `auto` become what the run's device multiplies fast: bfloat16
+    where it is native, float32 (the weights themselves) elsewhere (`editharm.precision`); a run logs the result."""
+    from editharm import precision
+
+    keys = [("tasks", "dtype", "float32")] + ([("method", "v_autocast", None)] if "v_autocast" in cfg.method else [])
+    if not any(cfg[group][key] in (precision.AUTO, "bfloat16") for group, key, _ in keys):
+        return
+    device = torch_device(cfg.device)
+    for group, key, otherwise in keys:
+        cfg[group][key] = precision.resolve(f"{group}.{key}", cfg[group][key], device, otherwise)
 
 
 def to_object(cfg: DictConfig) -> RunConfig:
@@ -471,7 +488,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"devices={cfg.devices}: give a count >= 1; several take the first GPUs (device=auto or "
                           "cuda) or CPU processes (device=cpu), so not with device=cuda:N or model.device_map")
     choice("model.dtype", cfg.model.dtype, DTYPES)
-    choice("tasks.dtype", cfg.tasks.dtype, DTYPES)
+    choice("tasks.dtype", cfg.tasks.dtype, DTYPES + ("auto",))
+    if cfg.method.get("v_autocast") not in (None, "auto", *DTYPES):
+        raise ConfigError(f"method.v_autocast={cfg.method.v_autocast!r} is not valid; choose one of: null (float32), "
+                          f"auto, {', '.join(DTYPES)}")
     for key in ("n", "batch_size", "eval_every", "eval_batch_size", "gen_tokens", "fluency_tokens"):
         if e[key] < 1:
             raise ConfigError(f"edits.{key} must be >= 1, got {e[key]}")

@@ -109,14 +109,15 @@ def run(module: EditModule, baseline: Results | None = None) -> Results:
 
 
 def evaluate(model, tokenizer, tasks: Sequence[str] = C.TASKS, protocol: str = "gu2024", limit: int | None = 100,
-             seed: int = 0, dtype: str = "bfloat16", perplexity: bool = True, baseline: Results | None = None,
+             seed: int = 0, dtype: str = "auto", perplexity: bool = True, baseline: Results | None = None,
              data_dir: str | None = None, batch_size: int = 64, batch_tokens: int = 4096,
              track: bool | str = False) -> Results:
     """Score a model object, where it is (CPU or GPU), on ability tasks (`configs/task/<protocol>/<name>.yaml`) and
     the perplexity probe, as `editharm evaluate` does: the same seeded subsets of `limit` examples, prompts (too long
     ones truncated as the task says, and counted in a printed line), parsers and metrics, scored in `dtype` (a copy
-    of the weights unless it is the model's own). Given `baseline` (an earlier `Results` on the same tasks), each
-    task score gains its paired difference from it. Data come from `data_dir` or $EDITHARM_DATA_DIR.
+    of the weights unless it is the model's own; `auto`: bfloat16 where the device computes it natively, else
+    float32). Given `baseline` (an earlier `Results` on the same tasks), each task score gains its paired difference
+    from it. Data come from `data_dir` or $EDITHARM_DATA_DIR.
     `track`: log it as an MLflow evaluate run (a string names the run; `$MLFLOW_TRACKING_URI`, else ./mlflow.db);
     nothing is logged, and MLflow is not imported, without it."""
     cfg = configure(model, {"tasks": {"names": [tasks] if isinstance(tasks, str) else list(tasks), "protocol": protocol, "limit": limit, "seed": seed,

@@ -47,7 +47,8 @@ class ValueStep(KeyStatistics):
     """Run the value optimisation on a copy of the model in this dtype (`bfloat16`), with eager attention:
     weights cast once per edit, not at every product as `torch.autocast` did (SmolLM2 ROME, 8 CounterFact
     cases: x1.44 against float32, ΔW cosine 0.992; `benchmarks/value_dtype.py`). The keys, the base value and
-    the update stay float32; only δ is found in this dtype."""
+    the update stay float32; only δ is found in this dtype. `auto`: bfloat16 where the device multiplies it
+    natively, float32 (null) elsewhere; null: float32, as the reference."""
     v_cache_prefix: bool = True
     """Run each row's tokens before the subject once and keep them as a KV cache (δ cannot reach them);
     false runs whole rows at every step, as the reference does: the same numbers to float precision."""
