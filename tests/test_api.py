@@ -180,6 +180,7 @@ def test_evaluate_equals_the_cli_and_pairs_with_a_baseline(env, tmp_path):
 
 
 def test_runs_only_when_asked_for(env, tmp_path):
+    (tmp_path / "mlflow.db").unlink()  # the fixture's copied empty store: this test checks that none is created
     model, tok = editharm.load_model("tiny-llama")
     untracked = editharm.evaluate(model, tok, tasks=["sst2"], limit=4, perplexity=False)
     with editharm.Editor(model, tok, method="ft", layers=[0]) as editor:

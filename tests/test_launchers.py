@@ -77,12 +77,14 @@ def test_ray_tasks_match_in_process(in_process, tmp_path, data_dir):
     (["experiment.launcher=ray", "experiment.ray.num_cpus=x"], r"experiment.ray.num_cpus='x' is not a number"),
 ])
 def test_bad_launcher_options_fail_before_any_run(env, tmp_path, argv, said):
+    (tmp_path / "mlflow.db").unlink()  # the fixture's copied empty store: this test checks that none is created
     with pytest.raises(ConfigError, match=said):
         runs.experiment("smoke", ["tasks.limit=2", *argv])
     assert not (tmp_path / "mlflow.db").exists()  # the store was not even opened
 
 
 def test_a_missing_ray_names_the_extra(env, tmp_path, monkeypatch):
+    (tmp_path / "mlflow.db").unlink()  # the fixture's copied empty store: this test checks that none is created
     monkeypatch.setattr(launchers.importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(ConfigError, match=r"pip install 'editharm\[ray\]'"):
         runs.experiment("smoke", ["experiment.launcher=ray"])

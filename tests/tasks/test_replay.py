@@ -36,7 +36,7 @@ def test_a_second_run_replays_the_first_runs_unedited_evaluation(env, tmp_path, 
     m1, m2 = (client().get_run(r).data.metrics for r in (first, second))
     assert m2["ability/sst2/accuracy_delta"] == m1["ability/sst2/accuracy_delta"]  # paired with the same baseline
     caplog.clear()
-    edit([*ARGS, "tasks.dtype=float32"])  # other scoring settings: the tasks are scored afresh (the probe, in the
+    edit([*ARGS, "tasks.batch_tokens=1024"])  # other scoring settings: the tasks are scored afresh (the probe, in the
     assert "evaluation after 0 edits: perplexity reused" in caplog.text  # model's own dtype, is not affected)
 
 
