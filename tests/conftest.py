@@ -202,8 +202,10 @@ def tracking(tmp_path, monkeypatch, empty_store) -> str:
     folder), a copy of `empty_store` whose Default experiment points there; no run handed down from an outer
     `mlflow run`."""
     shutil.copy(empty_store, tmp_path / "mlflow.db")
-    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+    db = sqlite3.connect(tmp_path / "mlflow.db")
+    with db:  # commits
         db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(tmp_path / "mlruns" / "0"),))
+    db.close()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
