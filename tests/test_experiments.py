@@ -79,6 +79,7 @@ def test_smoke_grid_resumes_reruns_a_failed_cell_and_reports(env, tmp_path, monk
     out = capsys.readouterr().out
     assert again == parent.info.run_id  # the same parent, reopened
     assert "[1/2] ft·smoke: finished already" in caplog.text and "[2/2] rome·smoke: finished in" in caplog.text
+    assert caplog.text.count(": zsre format (") == 1  # said by the cell that ran, not by the check of both cells
     table = out[out.index("results of experiment smoke"):].splitlines()  # the grid's table, a line per cell
     assert [r.split()[:2] for r in table if r.startswith("sst2")] == [["sst2", "ft"], ["sst2", "rome"]]
     assert c.get_run(again).info.status == "FINISHED"

@@ -10,6 +10,7 @@ and skips the cells it already FINISHED with the same config hash, so an interru
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,11 +25,13 @@ log = logging.getLogger(__name__)
 
 def check(spec: grid.ExperimentSpec, cells: list[grid.Cell], setup: Callable) -> list[tuple]:
     """`(tree, config hash)` per cell; the first bad cell fails with its name, before any compute: a bad override
-    or data, a report axis whose `x_key` the cell lacks, two cells that resolve to the same config."""
+    or data, a report axis whose `x_key` the cell lacks, two cells that resolve to the same config. The check
+    says only what is wrong (warnings, errors): what a cell reads (its data files' formats) it says when it runs."""
     out, seen = [], {}
     for cell in cells:
         try:
-            tree = setup(cell.argv)
+            with _quiet(logging.getLogger("editharm")):
+                tree = setup(cell.argv)
         except EditharmError as err:
             raise ConfigError(f"experiment {spec.name}, cell {cell.name}: {err}") from None
         r = spec.report
@@ -42,6 +45,17 @@ def check(spec: grid.ExperimentSpec, cells: list[grid.Cell], setup: Callable) ->
         seen[h] = cell.name
         out.append((tree, h))
     return out
+
+
+@contextlib.contextmanager
+def _quiet(logger: logging.Logger):
+    """`logger` at WARNING or above inside the block (its INFO lines dropped), as it was after."""
+    level = logger.level
+    logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def run(name: str, extra: list[str], edit: Callable, setup: Callable, report: Callable | None = None) -> str:
