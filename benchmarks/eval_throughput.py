@@ -1,6 +1,6 @@
 """Ability-task throughput on a real model, and an independent check of our scoring against lm-eval.
 
-    python benchmarks/eval_throughput.py                       # the eight gu2024 tasks, limit 100, bf16
+    python benchmarks/eval_throughput.py                       # the eight gu2024 tasks, limit 100, dtype auto
     python benchmarks/eval_throughput.py --two-pass            # also today's reference path, side by side
     python benchmarks/eval_throughput.py --protocol harness --limit 200
     python benchmarks/eval_throughput.py --tasks sst2,rte,boolq --protocol harness --dtype float32 \
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from editharm import config, data, models
+from editharm import config, data, models, precision
 from editharm.module import EditModule
 from editharm.tasks import load_task
 from editharm.tasks.evaluator import TaskEvaluator
@@ -113,13 +113,14 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--batch-tokens", type=int, default=4096)
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--dtype", default="auto", help="scoring dtype; auto: bfloat16 where it is native, else float32")
     p.add_argument("--compare-lm-eval", action="store_true")
     p.add_argument("--two-pass", type=int, nargs="?", const=32, metavar="BATCH",
                    help="also score as before one-prefill scoring (fixed batches of BATCH prompts, 32), side by side")
     p.add_argument("--no-log", action="store_true")
     p.add_argument("--out", help="also write the figures as JSON here")
     args = p.parse_args()
+    args.dtype = precision.resolve("--dtype", args.dtype, "cpu", "float32")
 
     root = data.data_dir(None)
     cfg = config.load([f"model={args.model}"])
