@@ -19,7 +19,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from editharm.nethook import StopForward, get_module, run_until
-from editharm.scoring import pad
+from editharm.scoring import last_positions, pad
 from editharm.placement import input_device, is_spread
 
 TEMPLATE_SEEDS = ("The", "Therefore", "Because", "I", "You")
@@ -129,7 +129,7 @@ def prefix_kv(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.T
     if input_ids.shape[1] == 0:
         return []
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
-                logits_to_keep=1)
+                logits_to_keep=last_positions(input_ids.shape[1], 1, input_ids.device))
     return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
 
 

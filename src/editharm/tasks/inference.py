@@ -17,7 +17,7 @@ from torch import nn
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from editharm.limits import context_length
-from editharm.scoring import pad, pad_id
+from editharm.scoring import last_positions, pad, pad_id
 from editharm.placement import input_device
 
 
@@ -100,7 +100,8 @@ def _generate_chunk(model, tok, ctx, gold, max_new_tokens, stop, eos, device):
     """`(generated tokens, gold log-probs or None)` of one batch, from one prefill."""
     ids, mask = pad(ctx, tok, device, left=True)
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
-    first = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    first = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                  logits_to_keep=last_positions(ids.shape[1], 1, ids.device))
     cache, last = first.past_key_values, first.logits[:, -1].float()
     logps = None
     if cache.is_croppable:
@@ -182,7 +183,8 @@ def _score_chunk(model, tok, ctx: list[list[int]], cont: list[list[list[int]]],
     """(sum of log-probs, all tokens the argmax) of every continuation of every context in one batch."""
     ids, mask = pad(ctx, tok, device, left=True)
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
-    first = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    first = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                  logits_to_keep=last_positions(ids.shape[1], 1, ids.device))
     last = first.logits[:, -1].float().log_softmax(-1)  # predicts every choice's first token
     owner = [d for d, cs in enumerate(cont) for _ in cs]
     flat = [c for cs in cont for c in cs]
@@ -225,7 +227,8 @@ def continuation_logprobs(model: nn.Module, tok, contexts: list[str], continuati
         ids, mask = pad([c + t for c, t in zip(ctx[start:start + batch_size], tails)], tok, device, left=True)
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
         width = max(len(t) for t in tails)  # left padding: every continuation ends the row
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=width + 1).logits
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                       logits_to_keep=last_positions(ids.shape[1], width + 1, ids.device)).logits
         logp = logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, -width:, None]).squeeze(-1)
         out.extend(float(logp[i, width - len(t):].mean()) for i, t in enumerate(tails))
     return out
