@@ -6,9 +6,10 @@ setting: by default float32 (`method.v_autocast=null`), so the figures are what 
 
 Each method edits the same cases twice from the unedited model: once with the `--against` overrides and once with
 its configuration (SmolLM2: `v_autocast` auto, bfloat16 on a cast copy with eager attention where bfloat16 is
-native; prefixes cached), back to back in one process. Prints seconds (per
-edit for ROME, per batch for MEMIT), the ratio, and the cosine of each ΔW to the baseline's. Logged to MLflow
-(experiment `editharm-benchmarks`) unless --no-log.
+native; prefixes cached), back to back in one process. Prints seconds (per edit for ROME, per batch for MEMIT), the
+ratio, and the cosine of each ΔW to the baseline's. Logged to MLflow (experiment `editharm-benchmarks`, figures
+`<method>_baseline_s` and `<method>_configured_s`; runs before 2026-12-06 named the baseline's `_float32_s`)
+unless --no-log.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--cases", type=int, default=8)
     p.add_argument("--methods", default="rome,memit")
-    p.add_argument("--against", nargs="*", default=["method.v_autocast=null"], help="the baseline's overrides")
+    p.add_argument("--against", nargs="+", default=["method.v_autocast=null"], help="the baseline's overrides")
     p.add_argument("--no-log", action="store_true")
     args = p.parse_args()
     requests, _ = data.load_requests(config.load(["edits=counterfact", f"edits.n={args.cases}"]).edits, data.data_dir(None))

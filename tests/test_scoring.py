@@ -48,3 +48,18 @@ def test_token_accuracy_by_hand(tiny):
     expected = sum(a == b for a, b in zip(argmax, t)) / len(t)
     s = scoring.score(model, tok, [prompt], [target])[0]
     assert s.predicted == tuple(argmax) and s.token_acc == pytest.approx(expected)
+
+
+def test_last_positions_keep_the_logits_an_int_keeps(tiny):
+    """The index `last_positions` gives on a CPU selects the logits the int does; a count beyond the width is refused
+    (an index would wrap around to the last position)."""
+    model, tok = tiny
+    ids = torch.tensor([tok("The capital of France is")["input_ids"]] * 2)
+    for n in (1, 3):
+        keep = scoring.last_positions(ids.shape[1], n, ids.device)
+        assert isinstance(keep, torch.Tensor)
+        torch.testing.assert_close(model(input_ids=ids, logits_to_keep=keep).logits,
+                                   model(input_ids=ids, logits_to_keep=n).logits, rtol=1e-5, atol=1e-5)
+    assert scoring.last_positions(5, 2, "cuda:1") == 2  # off the CPU the int, whatever device the inputs are on
+    with pytest.raises(ValueError, match="last 6 of 5"):
+        scoring.last_positions(5, 6, "cpu")

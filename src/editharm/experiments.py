@@ -49,7 +49,7 @@ def check(spec: grid.ExperimentSpec, cells: list[grid.Cell], setup: Callable) ->
 
 @contextlib.contextmanager
 def _quiet(logger: logging.Logger):
-    """`logger` at WARNING or above inside the block (its INFO lines dropped), as it was after."""
+    """`logger` at WARNING or above inside the block (its INFO lines dropped), its level restored after."""
     level = logger.level
     logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
     try:

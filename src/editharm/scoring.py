@@ -34,13 +34,16 @@ def pad_id(tok) -> int:
     return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
 
-def last_positions(width: int, n: int, device) -> torch.Tensor:
-    """`logits_to_keep` for the last `n` of `width` positions, as an index tensor. transformers turns an int `n`
-    into the view `hidden[:, -n:]`, whose strides send torch's CPU matmul down a path several times slower than
-    on the gathered rows an index gives: SmolLM2's output head on the last of 60 positions of 64 rows took 0.33 s
-    against 0.052 s, on the last 3 of 6 of 352 rows 6.4 s against 0.49 s (`benchmarks/head_slice.py`, torch
-    2.13, 2 cores); the logits agree to float32 rounding (1e-6)."""
-    return torch.arange(width - n, width, device=device)
+def last_positions(width: int, n: int, device) -> int | torch.Tensor:
+    """`logits_to_keep` for the last `n` of `width` positions: on a CPU an index tensor, elsewhere the int `n`.
+    transformers turns an int into the view `hidden[:, -n:]`, whose strides send torch's CPU matmul down a path
+    several times slower than on the gathered rows an index gives: SmolLM2's output head on the last of 60
+    positions of 64 rows took 0.33 s against 0.052 s (`benchmarks/head_slice.py`, torch 2.13, 2 cores); the logits
+    agree to float32 rounding (1e-6). Off the CPU the int stays: a model spread over GPUs holds its last hidden
+    states on another device than its inputs, where an index tensor would have to follow them."""
+    if not 0 < n <= width:
+        raise ValueError(f"cannot keep the last {n} of {width} positions")
+    return torch.arange(width - n, width, device=device) if torch.device(device).type == "cpu" else n
 
 
 def pad(rows: list[list[int]], tok, device, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
